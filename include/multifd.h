@@ -1,0 +1,335 @@
+/*
+ * multifd.h - the public interface of libmultifd.
+ *
+ * libmultifd migrates memory - one or more named RAM blocks - from a source
+ * process to a destination process over one main (control) channel and N
+ * parallel data channels, the design of QEMU's multifd migration made into a
+ * standalone engine. The wire format is described in PROTOCOL.md; this header
+ * is the manual of the library.
+ *
+ * Lifecycle of a session
+ * ----------------------
+ *   Source:
+ *     s = mfd_session_new();
+ *     mfd_set_param(s, MFD_PARAM_CHANNELS, 4);            (optional)
+ *     mfd_add_block(s, "ram0", host, length);             (one or more)
+ *     rc = mfd_migrate(s, "tcp:10.0.0.2:4444");           (blocks until done)
+ *     mfd_get_stats(s, &st);
+ *     mfd_session_free(s);
+ *
+ *   Destination:
+ *     s = mfd_session_new();
+ *     mfd_set_incoming_dir(s, "/var/lib/images");         (optional: files)
+ *     mfd_listen(s, "tcp:0.0.0.0:4444");
+ *     rc = mfd_incoming(s);                               (blocks until done)
+ *     for each i < mfd_block_count(s): mfd_block_get(s, i, &info);
+ *     mfd_session_free(s);                                (unmaps the blocks)
+ *
+ * A session is used for one migration, by one thread at a time, with two
+ * exceptions that are safe from any thread while a migration runs:
+ * mfd_get_stats() and mfd_cancel().
+ *
+ * Errors
+ * ------
+ * Functions that can fail return an int: 0 on success, a negative error code
+ * (-MFD_E...) on failure; functions returning a pointer return NULL on
+ * failure. The session keeps a one-line message describing its last error,
+ * for example "channel 3: packet 17: zero page offset 0x7f000 beyond block
+ * 'ram0' (length 0x40000)"; read it with mfd_last_error(). Error codes are
+ * stable: they are part of the ABI and travel on the wire in ERROR records.
+ */
+#ifndef MULTIFD_H
+#define MULTIFD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MFD_BUILDING_LIBRARY) && defined(__GNUC__)
+#define MFD_API __attribute__((visibility("default")))
+#else
+#define MFD_API
+#endif
+
+/* Version of the library. The wire protocol has its own version (1). */
+#define MFD_VERSION_MAJOR 0
+#define MFD_VERSION_MINOR 1
+#define MFD_VERSION_PATCH 0
+#define MFD_VERSION_NUMBER                                                     \
+    (MFD_VERSION_MAJOR * 10000 + MFD_VERSION_MINOR * 100 + MFD_VERSION_PATCH)
+
+/** Returns MFD_VERSION_NUMBER of the library actually linked. */
+MFD_API unsigned mfd_version_number(void);
+/** Returns the library version as a string, e.g. "0.1.0". */
+MFD_API const char *mfd_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Error codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The list of error codes. Values are pinned forever; new codes are only
+ * appended. Functions return the negative value.
+ */
+#define MFD_ERRNO_MAP(X)                                                       \
+    X(INVAL, 1, "invalid argument")                                            \
+    X(NOMEM, 2, "out of memory")                                               \
+    X(SYS, 3, "system call failed")                                            \
+    X(PROTO, 4, "protocol error")                                              \
+    X(CLOSED, 5, "connection closed by peer")                                  \
+    X(PEER, 6, "peer reported an error")                                       \
+    X(CANCELED, 7, "migration cancelled")                                      \
+    X(VERIFY, 8, "verification failed")                                        \
+    X(UNSUPPORTED, 9, "not supported")                                         \
+    X(URI, 10, "invalid URI")                                                  \
+    X(STATE, 11, "call not valid in this session state")                       \
+    X(TIMEDOUT, 12, "timed out")                                               \
+    X(REFUSED, 13, "setting refused by the destination")
+
+typedef enum {
+    MFD_OK = 0,
+#define MFD__ERR_ENUM(name, val, msg) MFD_E##name = val,
+    MFD_ERRNO_MAP(MFD__ERR_ENUM)
+#undef MFD__ERR_ENUM
+} mfd_errno;
+
+/** Returns a static description of an error code (positive or negative). */
+MFD_API const char *mfd_strerror(int err);
+/** Returns the static name of an error code, e.g. "MFD_EPROTO". */
+MFD_API const char *mfd_err_name(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct mfd_session mfd_session;
+
+/** Creates a session with default parameters. Returns NULL if out of memory. */
+MFD_API mfd_session *mfd_session_new(void);
+
+/**
+ * Frees a session: joins its threads, closes its sockets and unmaps the
+ * blocks the library mapped (destination). Memory added with mfd_add_block()
+ * belongs to the caller and is left alone. NULL is accepted.
+ */
+MFD_API void mfd_session_free(mfd_session *s);
+
+/**
+ * Returns the message of the session's last error, or "" if there was none.
+ * The string belongs to the session and stays valid until the next call on
+ * the session that can fail.
+ */
+MFD_API const char *mfd_last_error(const mfd_session *s);
+
+/* ------------------------------------------------------------------------ */
+/* Parameters                                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Parameters are set by number (mfd_set_param) or by QEMU-style name
+ * (mfd_set_param_by_name). Numbers are spaced so new knobs never shift old
+ * ones. Parameters must be set before mfd_migrate() / mfd_listen().
+ */
+typedef enum {
+    /* "multifd-channels": number of data channels, 1..255, default 2. */
+    MFD_PARAM_CHANNELS = 100,
+    /*
+     * "zero-page-detection": MFD_ZPD_NONE, MFD_ZPD_LEGACY or MFD_ZPD_MULTIFD
+     * (default). Names: "none", "legacy", "multifd".
+     */
+    MFD_PARAM_ZERO_PAGE_DETECTION = 101,
+    /* "page-size": bytes, a power of two in 4096..65536, default 4096. */
+    MFD_PARAM_PAGE_SIZE = 102,
+    /* "crc": 1 = data packets carry CRC32C (feature CRC). Default 0. */
+    MFD_PARAM_CRC = 103,
+    /*
+     * "verify": 1 = the source sends an XXH3-64 digest of every block and
+     * the destination checks it before it reports success (feature VERIFY).
+     * Default 0.
+     */
+    MFD_PARAM_VERIFY = 104,
+    /*
+     * "prealloc": destination only; 1 = populate the memory the library
+     * maps for each block before the data channels connect, as a VMM that
+     * preallocates guest RAM does. Default 0 (fresh memory, faulted in on
+     * first write; zero pages are never touched).
+     */
+    MFD_PARAM_PREALLOC = 105,
+    /*
+     * "max-total-size": destination only; the largest total size of all
+     * blocks it accepts, in bytes. Default 16 TiB.
+     */
+    MFD_PARAM_MAX_TOTAL_SIZE = 106,
+    /*
+     * "handshake-timeout": milliseconds a connection may take to send its
+     * first bytes (preamble or channel init) and a source waits for each
+     * handshake answer. Default 10000.
+     */
+    MFD_PARAM_HANDSHAKE_TIMEOUT = 107,
+} mfd_param;
+
+/* Values of MFD_PARAM_ZERO_PAGE_DETECTION (wire values of HELLO). */
+typedef enum {
+    MFD_ZPD_NONE = 0,
+    MFD_ZPD_LEGACY = 1,
+    MFD_ZPD_MULTIFD = 2,
+} mfd_zero_page_detection;
+
+/** Sets a parameter. Returns -MFD_EINVAL if out of bounds, -MFD_ESTATE late. */
+MFD_API int mfd_set_param(mfd_session *s, mfd_param p, int64_t value);
+/** Reads a parameter's current value into *value. */
+MFD_API int mfd_get_param(const mfd_session *s, mfd_param p, int64_t *value);
+/** Reads the bounds of a parameter. Returns -MFD_EINVAL for an unknown one. */
+MFD_API int mfd_param_bounds(mfd_param p, int64_t *min, int64_t *max);
+/**
+ * Sets a parameter by its QEMU-style name ("multifd-channels", "page-size",
+ * "zero-page-detection", "crc", "verify", "prealloc", "max-total-size",
+ * "handshake-timeout") from a string: a decimal number, "on"/"off", or for
+ * zero-page-detection "none"/"legacy"/"multifd". Sizes accept K, M, G, T
+ * suffixes (powers of 1024).
+ */
+MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
+                                  const char *value);
+
+/* ------------------------------------------------------------------------ */
+/* RAM blocks                                                               */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Adds a RAM block to a source session: `length` bytes at `host`, a
+ * multiple of the page size. The memory stays the caller's and must remain
+ * mapped and readable until mfd_migrate() returns; the library never writes
+ * it. `name` is 1..255 printable ASCII characters, unique in the session.
+ * At most 1024 blocks.
+ */
+MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
+                          uint64_t length);
+
+/**
+ * Destination: map each incoming block as the file DIR/NAME (created or
+ * truncated, sparse, mapped shared, so zero pages stay holes) instead of
+ * fresh anonymous memory. NULL restores anonymous memory. Names containing
+ * '/' or equal to "." or ".." are refused in this mode.
+ */
+MFD_API int mfd_set_incoming_dir(mfd_session *s, const char *dir);
+
+typedef struct {
+    const char *name; /* NUL-terminated, owned by the session */
+    void *host;       /* the block's memory */
+    uint64_t length;  /* bytes */
+} mfd_block_info;
+
+/** Number of blocks in the session (added, or received on a destination). */
+MFD_API int mfd_block_count(const mfd_session *s);
+/** Fills *info for block `index`. The memory stays valid until free. */
+MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Migration                                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * URIs follow QEMU's forms: "tcp:HOST:PORT" (HOST a name, an IPv4 address or
+ * a bracketed IPv6 address; PORT may be 0 for mfd_listen, which then binds an
+ * ephemeral port) and "unix:PATH".
+ */
+
+/**
+ * Source: migrates every block to the destination listening at `uri` and
+ * returns 0 only after the destination answered DONE (everything applied
+ * and verified). On failure returns a negative code, and mfd_last_error()
+ * says what went wrong; the blocks are never modified. Blocks the caller.
+ */
+MFD_API int mfd_migrate(mfd_session *s, const char *uri);
+
+/**
+ * Destination: binds and listens on `uri`. Returns once the socket listens,
+ * so a caller can learn the address (mfd_listen_uri) before the source
+ * connects.
+ */
+MFD_API int mfd_listen(mfd_session *s, const char *uri);
+
+/**
+ * Returns the URI the session listens on, with an ephemeral port resolved
+ * ("tcp:127.0.0.1:40123"), or NULL before mfd_listen().
+ */
+MFD_API const char *mfd_listen_uri(const mfd_session *s);
+
+/**
+ * Destination: accepts one migration on the listening socket, maps its
+ * blocks, receives every page and returns 0 only after DONE was sent. Stray
+ * connections (wrong magic, foreign session) are closed and logged without
+ * affecting the migration. On failure returns a negative code; the received
+ * data must be considered garbage.
+ */
+MFD_API int mfd_incoming(mfd_session *s);
+
+/**
+ * Cancels a running mfd_migrate() or mfd_incoming() from any thread. The
+ * peer is told (CANCEL or ERROR record) and the call returns -MFD_ECANCELED.
+ */
+MFD_API int mfd_cancel(mfd_session *s);
+
+/**
+ * Log callback: receives one line (no trailing newline) for events an
+ * operator should see, such as a stray connection being closed. By default
+ * lines go to stderr prefixed with "multifd: ". `fn` NULL silences them.
+ */
+typedef void (*mfd_log_fn)(void *opaque, const char *line);
+MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                               */
+/* ------------------------------------------------------------------------ */
+
+#define MFD_MAX_CHANNELS 255
+
+typedef struct {
+    uint64_t packets;      /* RAM packets, SYNC packets included */
+    uint64_t sync_packets; /* SYNC packets */
+    uint64_t normal_pages; /* pages carried as data */
+    uint64_t zero_pages;   /* pages listed as zero */
+    uint64_t bytes;        /* bytes on the wire: init, headers, payload */
+} mfd_channel_stats;
+
+typedef struct {
+    int role;               /* 0 none yet, 1 source, 2 destination */
+    int status;             /* 0 idle, 1 setup, 2 active, 3 completed, 4 failed */
+    uint32_t channels;      /* data channels in use */
+    uint32_t page_size;
+    uint64_t total_time_us; /* start to DONE (so far, while running) */
+    uint64_t setup_time_us; /* start until all data channels are up */
+    uint64_t ram_bytes;     /* total size of all blocks */
+    uint64_t main_bytes;    /* bytes on the main channel (both directions) */
+    uint64_t data_bytes;    /* bytes on all data channels */
+    uint64_t normal_pages;  /* over all channels (and passes) */
+    uint64_t zero_pages;    /* multifd-mode and legacy zero pages */
+    uint64_t legacy_zero_pages; /* zero pages sent as ZERO_PAGES records */
+    uint64_t data_packets;  /* RAM packets listing at least one page */
+    uint64_t sync_packets;
+    uint64_t iterations;    /* completed passes */
+    double throughput_gbps; /* guest memory moved, 10^9 bytes per second */
+    mfd_channel_stats channel[MFD_MAX_CHANNELS];
+} mfd_stats;
+
+/**
+ * Fills *st with a snapshot of the session's counters. Safe to call from
+ * any thread while a migration runs (counters are read atomically one by
+ * one; the snapshot as a whole is not a single instant).
+ */
+MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st);
+
+/**
+ * Returns the stats as a JSON object in a buffer the caller frees with
+ * free(), or NULL if out of memory.
+ */
+MFD_API char *mfd_stats_json(const mfd_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MULTIFD_H */

@@ -1,0 +1,53 @@
+/*
+ * util.h - small helpers shared by every room: big-endian access to wire
+ * bytes, monotonic time, and the one-line error macros.
+ */
+#ifndef MFD_COMMON_UTIL_H
+#define MFD_COMMON_UTIL_H
+
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+static inline void mfd__put_be32(uint8_t *p, uint32_t v)
+{
+    v = __builtin_bswap32(v);
+    memcpy(p, &v, 4);
+}
+
+static inline void mfd__put_be64(uint8_t *p, uint64_t v)
+{
+    v = __builtin_bswap64(v);
+    memcpy(p, &v, 8);
+}
+
+static inline uint32_t mfd__get_be32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return __builtin_bswap32(v);
+}
+
+static inline uint64_t mfd__get_be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+
+static inline uint64_t mfd__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+#define MFD_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MFD_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MFD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Relaxed atomic counters: statistics read by other threads. */
+#define MFD_STAT_ADD(var, n) __atomic_fetch_add(&(var), (n), __ATOMIC_RELAXED)
+#define MFD_STAT_GET(var) __atomic_load_n(&(var), __ATOMIC_RELAXED)
+
+#endif

@@ -1,0 +1,633 @@
+/*
+ * session.c - the session object: parameters, blocks, errors, the main
+ * channel's record I/O, and statistics. Everything here is shared by the
+ * source and the destination.
+ */
+#include "core/session.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "transport/transport.h"
+
+/* ---- versions and error codes ---------------------------------------- */
+
+MFD_API unsigned mfd_version_number(void)
+{
+    return MFD_VERSION_NUMBER;
+}
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+MFD_API const char *mfd_version_string(void)
+{
+    return STR(MFD_VERSION_MAJOR) "." STR(MFD_VERSION_MINOR) "." STR(
+        MFD_VERSION_PATCH);
+}
+
+MFD_API const char *mfd_strerror(int err)
+{
+    if (err < 0)
+        err = -err;
+    switch (err) {
+    case 0:
+        return "success";
+#define ERR_MSG(name, val, msg)                                                \
+    case val:                                                                  \
+        return msg;
+        MFD_ERRNO_MAP(ERR_MSG)
+#undef ERR_MSG
+    default:
+        return "unknown error";
+    }
+}
+
+MFD_API const char *mfd_err_name(int err)
+{
+    if (err < 0)
+        err = -err;
+    switch (err) {
+    case 0:
+        return "MFD_OK";
+#define ERR_NAME(name, val, msg)                                               \
+    case val:                                                                  \
+        return "MFD_E" #name;
+        MFD_ERRNO_MAP(ERR_NAME)
+#undef ERR_NAME
+    default:
+        return "MFD_E?";
+    }
+}
+
+/* ---- session ----------------------------------------------------------- */
+
+MFD_API mfd_session *mfd_session_new(void)
+{
+    mfd_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->channels = 2;
+    s->zpd = MFD_ZPD_MULTIFD;
+    s->page_size = 4096;
+    s->max_total_size = INT64_C(16) << 40;
+    s->handshake_timeout = 10000;
+    s->main_fd = s->listen_fd = s->wake_fd = -1;
+    s->log_fn = NULL;
+    s->log_opaque = s; /* marks "default logger": see mfd__log */
+    pthread_mutex_init(&s->err_lock, NULL);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_mutex_init(&s->sync_lock, NULL);
+    pthread_cond_init(&s->sync_cond, NULL);
+    return s;
+}
+
+static void free_blocks(mfd_session *s)
+{
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (b->mapped && b->host)
+            munmap(b->host, b->length);
+        free(b->receivedmap);
+        free(b->name);
+    }
+    free(s->blocks);
+    s->blocks = NULL;
+    s->nblocks = 0;
+}
+
+MFD_API void mfd_session_free(mfd_session *s)
+{
+    if (!s)
+        return;
+    mfd__session_release_runtime(s);
+    free_blocks(s);
+    if (s->listen_fd >= 0) {
+        close(s->listen_fd);
+        if (!strncmp(s->listen_uri, "unix:", 5))
+            unlink(s->listen_uri + 5);
+    }
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    free(s->incoming_dir);
+    free(s->device_state);
+    pthread_mutex_destroy(&s->err_lock);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->sync_lock);
+    pthread_cond_destroy(&s->sync_cond);
+    free(s);
+}
+
+MFD_API const char *mfd_last_error(const mfd_session *s)
+{
+    return s ? s->err_msg : "no session";
+}
+
+MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque)
+{
+    s->log_fn = fn;
+    s->log_opaque = fn ? opaque : NULL;
+}
+
+void mfd__log(mfd_session *s, const char *fmt, ...)
+{
+    char line[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (s->log_fn)
+        s->log_fn(s->log_opaque, line);
+    else if (s->log_opaque == s)
+        fprintf(stderr, "multifd: %s\n", line);
+}
+
+static void set_error_v(mfd_session *s, int code, const char *fmt, va_list ap)
+{
+    s->err_code = code;
+    vsnprintf(s->err_msg, sizeof(s->err_msg), fmt, ap);
+}
+
+int mfd__set_error(mfd_session *s, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&s->err_lock);
+    set_error_v(s, code, fmt, ap);
+    pthread_mutex_unlock(&s->err_lock);
+    va_end(ap);
+    return -code;
+}
+
+/* Unblocks every thread that may be waiting on the session. */
+static void wake_all(mfd_session *s)
+{
+    for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
+        if (s->sc[i].fd >= 0)
+            shutdown(s->sc[i].fd, SHUT_RDWR);
+        sem_post(&s->sc[i].sem_sync);
+        pthread_mutex_lock(&s->sc[i].lock);
+        pthread_cond_broadcast(&s->sc[i].cond);
+        pthread_mutex_unlock(&s->sc[i].lock);
+    }
+    for (uint32_t i = 0; s->rc && i < s->nchan; i++)
+        if (s->rc[i].fd >= 0)
+            shutdown(s->rc[i].fd, SHUT_RDWR);
+    if (s->sem_inited)
+        for (uint32_t i = 0; i <= s->nchan; i++)
+            sem_post(&s->channels_ready);
+    pthread_mutex_lock(&s->lock);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&s->sync_lock);
+    pthread_cond_broadcast(&s->sync_cond);
+    pthread_mutex_unlock(&s->sync_lock);
+    if (s->wake_fd >= 0) {
+        uint64_t one = 1;
+        if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+            /* The eventfd only fails when its counter would overflow. */
+        }
+    }
+}
+
+static int fail_v(mfd_session *s, bool from_peer, int code, const char *fmt,
+                  va_list ap)
+{
+    pthread_mutex_lock(&s->err_lock);
+    bool first = !s->failed;
+    if (first) {
+        set_error_v(s, code, fmt, ap);
+        s->err_from_peer = from_peer;
+        s->status = 4;
+        __atomic_store_n(&s->failed, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&s->err_lock);
+    if (first)
+        wake_all(s);
+    return -s->err_code;
+}
+
+int mfd__fail(mfd_session *s, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = fail_v(s, false, code, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int mfd__fail_peer(mfd_session *s, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = fail_v(s, true, code, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+MFD_API int mfd_cancel(mfd_session *s)
+{
+    if (!s)
+        return -MFD_EINVAL;
+    s->cancel_requested = true;
+    mfd__fail(s, MFD_ECANCELED, "migration cancelled");
+    return 0;
+}
+
+/* ---- parameters -------------------------------------------------------- */
+
+typedef struct {
+    mfd_param id;
+    const char *name;
+    int64_t min, max;
+    size_t field;
+} param_desc;
+
+#define PF(f) offsetof(struct mfd_session, f)
+static const param_desc params[] = {
+    {MFD_PARAM_CHANNELS, "multifd-channels", 1, 255, PF(channels)},
+    {MFD_PARAM_ZERO_PAGE_DETECTION, "zero-page-detection", 0, 2, PF(zpd)},
+    {MFD_PARAM_PAGE_SIZE, "page-size", 4096, 65536, PF(page_size)},
+    {MFD_PARAM_CRC, "crc", 0, 1, PF(crc)},
+    {MFD_PARAM_VERIFY, "verify", 0, 1, PF(verify)},
+    {MFD_PARAM_PREALLOC, "prealloc", 0, 1, PF(prealloc)},
+    {MFD_PARAM_MAX_TOTAL_SIZE, "max-total-size", 4096, INT64_C(1) << 60,
+     PF(max_total_size)},
+    {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
+     PF(handshake_timeout)},
+};
+
+static const param_desc *param_find(mfd_param p)
+{
+    for (size_t i = 0; i < MFD_ARRAY_SIZE(params); i++)
+        if (params[i].id == p)
+            return &params[i];
+    return NULL;
+}
+
+MFD_API int mfd_param_bounds(mfd_param p, int64_t *min, int64_t *max)
+{
+    const param_desc *d = param_find(p);
+    if (!d)
+        return -MFD_EINVAL;
+    *min = d->min;
+    *max = d->max;
+    return 0;
+}
+
+MFD_API int mfd_set_param(mfd_session *s, mfd_param p, int64_t value)
+{
+    const param_desc *d = param_find(p);
+    if (!d)
+        return mfd__set_error(s, MFD_EINVAL, "unknown parameter %d", (int)p);
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "parameter '%s' set after the session started",
+                              d->name);
+    if (value < d->min || value > d->max)
+        return mfd__set_error(s, MFD_EINVAL,
+                              "parameter '%s': %" PRId64 " outside %" PRId64
+                              "..%" PRId64,
+                              d->name, value, d->min, d->max);
+    if (p == MFD_PARAM_PAGE_SIZE && (value & (value - 1)))
+        return mfd__set_error(s, MFD_EINVAL,
+                              "parameter 'page-size': %" PRId64
+                              " is not a power of two",
+                              value);
+    *(int64_t *)((char *)s + d->field) = value;
+    return 0;
+}
+
+MFD_API int mfd_get_param(const mfd_session *s, mfd_param p, int64_t *value)
+{
+    const param_desc *d = param_find(p);
+    if (!d)
+        return -MFD_EINVAL;
+    *value = *(const int64_t *)((const char *)s + d->field);
+    return 0;
+}
+
+MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
+                                  const char *value)
+{
+    const param_desc *d = NULL;
+    for (size_t i = 0; i < MFD_ARRAY_SIZE(params); i++)
+        if (!strcmp(params[i].name, name))
+            d = &params[i];
+    if (!d)
+        return mfd__set_error(s, MFD_EINVAL, "unknown parameter '%s'", name);
+
+    int64_t v;
+    if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION && !strcmp(value, "none"))
+        v = MFD_ZPD_NONE;
+    else if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION && !strcmp(value, "legacy"))
+        v = MFD_ZPD_LEGACY;
+    else if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION &&
+             !strcmp(value, "multifd"))
+        v = MFD_ZPD_MULTIFD;
+    else if (!strcmp(value, "on") || !strcmp(value, "true"))
+        v = 1;
+    else if (!strcmp(value, "off") || !strcmp(value, "false"))
+        v = 0;
+    else {
+        char *end;
+        errno = 0;
+        long long n = strtoll(value, &end, 10);
+        int shift = 0;
+        switch (*end) {
+        case 'k': case 'K': shift = 10; end++; break;
+        case 'm': case 'M': shift = 20; end++; break;
+        case 'g': case 'G': shift = 30; end++; break;
+        case 't': case 'T': shift = 40; end++; break;
+        default: break;
+        }
+        if (errno || end == value || *end || n < 0 ||
+            (shift && n > (INT64_MAX >> shift)))
+            return mfd__set_error(s, MFD_EINVAL,
+                                  "parameter '%s': invalid value '%s'", name,
+                                  value);
+        v = (int64_t)n << shift;
+    }
+    return mfd_set_param(s, d->id, v);
+}
+
+MFD_API int mfd_set_incoming_dir(mfd_session *s, const char *dir)
+{
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "incoming directory set after the session "
+                              "started");
+    char *copy = NULL;
+    if (dir && !(copy = strdup(dir)))
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    free(s->incoming_dir);
+    s->incoming_dir = copy;
+    return 0;
+}
+
+/* ---- blocks ------------------------------------------------------------ */
+
+MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
+                          uint64_t length)
+{
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "block added after the session started");
+    if (!name || !mfd__block_name_valid(name, strlen(name)))
+        return mfd__set_error(s, MFD_EINVAL,
+                              "block name must be 1..255 printable ASCII "
+                              "characters");
+    if (!host || length == 0 || length % (uint64_t)s->page_size)
+        return mfd__set_error(s, MFD_EINVAL,
+                              "block '%s': length %" PRIu64
+                              " is not a non-zero multiple of the page size "
+                              "%" PRId64,
+                              name, length, s->page_size);
+    if (s->nblocks >= MFD_MAX_BLOCKS)
+        return mfd__set_error(s, MFD_EINVAL, "more than %d blocks",
+                              MFD_MAX_BLOCKS);
+    for (int i = 0; i < s->nblocks; i++)
+        if (!strcmp(s->blocks[i].name, name))
+            return mfd__set_error(s, MFD_EINVAL, "block '%s' added twice",
+                                  name);
+    mfd_block *nb = realloc(s->blocks, sizeof(*nb) * (size_t)(s->nblocks + 1));
+    if (!nb)
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    s->blocks = nb;
+    mfd_block *b = &nb[s->nblocks];
+    memset(b, 0, sizeof(*b));
+    if (!(b->name = strdup(name)))
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    b->name_len = (uint32_t)strlen(name);
+    b->host = host;
+    b->length = length;
+    b->pages = length / (uint64_t)s->page_size;
+    s->nblocks++;
+    s->blocks_from_caller = true;
+    return 0;
+}
+
+MFD_API int mfd_block_count(const mfd_session *s)
+{
+    return s->nblocks;
+}
+
+MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
+{
+    if (index < 0 || index >= s->nblocks)
+        return -MFD_EINVAL;
+    info->name = s->blocks[index].name;
+    info->host = s->blocks[index].host;
+    info->length = s->blocks[index].length;
+    return 0;
+}
+
+/* ---- main channel records ---------------------------------------------- */
+
+int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
+                     uint32_t len)
+{
+    static const uint8_t pad[8];
+    uint8_t hdr[8];
+    mfd__rec_hdr_encode(hdr, type, len);
+    struct iovec iov[3] = {
+        {hdr, 8},
+        {(void *)body, len},
+        {(void *)pad, mfd__record_padded(len) - len},
+    };
+    int rc = mfd__writev_full(s->main_fd, iov, 3);
+    if (rc == MFD_IO_OK)
+        MFD_STAT_ADD(s->main_bytes, 8 + mfd__record_padded(len));
+    return rc;
+}
+
+int mfd__recv_record(mfd_session *s, int timeout_ms, uint32_t *type,
+                     uint8_t **body, uint32_t *len, char *err, size_t errlen)
+{
+    uint8_t hdr[8];
+    *body = NULL;
+    *len = 0;
+    int rc = mfd__read_full_timeout(s->main_fd, hdr, 8, timeout_ms);
+    if (rc != MFD_IO_OK)
+        return rc;
+    *type = mfd__get_be32(hdr);
+    uint32_t l = mfd__get_be32(hdr + 4);
+    if (l > MFD_RECORD_MAX) {
+        snprintf(err, errlen,
+                 "main channel: record type 0x%x: body length %u exceeds "
+                 "%u",
+                 *type, l, MFD_RECORD_MAX);
+        return -MFD_EPROTO;
+    }
+    size_t padded = mfd__record_padded(l);
+    uint8_t *b = NULL;
+    if (padded) {
+        if (!(b = malloc(padded))) {
+            snprintf(err, errlen, "out of memory");
+            return -MFD_ENOMEM;
+        }
+        rc = mfd__read_full_timeout(s->main_fd, b, padded, timeout_ms);
+        if (rc != MFD_IO_OK) {
+            free(b);
+            return rc == MFD_IO_EOF ? MFD_IO_TRUNCATED : rc;
+        }
+        for (size_t i = l; i < padded; i++)
+            if (b[i]) {
+                free(b);
+                snprintf(err, errlen,
+                         "main channel: record type 0x%x: non-zero padding",
+                         *type);
+                return -MFD_EPROTO;
+            }
+    }
+    MFD_STAT_ADD(s->main_bytes, 8 + padded);
+    *body = b;
+    *len = l;
+    return MFD_IO_OK;
+}
+
+void mfd__send_error_record(mfd_session *s)
+{
+    if (s->main_fd < 0 || s->err_from_peer)
+        return;
+    /* Never let a stalled peer hold us here: a bounded send. */
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(s->main_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    uint8_t body[4 + MFD_MSG_MAX];
+    size_t n = strnlen(s->err_msg, MFD_MSG_MAX);
+    if (s->role == 1 && s->err_code == MFD_ECANCELED) {
+        mfd__send_record(s, MFD_REC_CANCEL, s->err_msg, (uint32_t)n);
+        return;
+    }
+    mfd__put_be32(body, (uint32_t)s->err_code);
+    memcpy(body + 4, s->err_msg, n);
+    mfd__send_record(s, MFD_REC_ERROR, body, (uint32_t)(4 + n));
+}
+
+/* ---- statistics -------------------------------------------------------- */
+
+MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->role = s->role;
+    st->status = __atomic_load_n(&s->status, __ATOMIC_RELAXED);
+    st->channels = s->nchan ? s->nchan : (uint32_t)s->channels;
+    st->page_size = (uint32_t)s->page_size;
+    uint64_t start = s->t_start, end = s->t_end, setup = s->t_setup;
+    if (start) {
+        st->total_time_us = (end ? end : mfd__now_us()) - start;
+        st->setup_time_us = setup ? setup - start : 0;
+    }
+    for (int i = 0; i < s->nblocks; i++)
+        st->ram_bytes += s->blocks[i].length;
+    st->main_bytes = MFD_STAT_GET(s->main_bytes);
+    st->legacy_zero_pages = MFD_STAT_GET(s->legacy_zero_pages);
+    st->zero_pages = st->legacy_zero_pages;
+    st->iterations = MFD_STAT_GET(s->iterations);
+    st->data_packets = MFD_STAT_GET(s->data_packets);
+    for (uint32_t i = 0; i < s->nchan && i < MFD_MAX_CHANNELS; i++) {
+        const mfd_channel_stats *c = s->sc   ? &s->sc[i].st
+                                     : s->rc ? &s->rc[i].st
+                                             : NULL;
+        if (!c)
+            break;
+        mfd_channel_stats *o = &st->channel[i];
+        o->packets = MFD_STAT_GET(c->packets);
+        o->sync_packets = MFD_STAT_GET(c->sync_packets);
+        o->normal_pages = MFD_STAT_GET(c->normal_pages);
+        o->zero_pages = MFD_STAT_GET(c->zero_pages);
+        o->bytes = MFD_STAT_GET(c->bytes);
+        st->data_bytes += o->bytes;
+        st->normal_pages += o->normal_pages;
+        st->zero_pages += o->zero_pages;
+        st->sync_packets += o->sync_packets;
+    }
+    if (st->total_time_us)
+        st->throughput_gbps =
+            (double)((st->normal_pages + st->zero_pages) * st->page_size) /
+            ((double)st->total_time_us * 1e3);
+    return 0;
+}
+
+MFD_API char *mfd_stats_json(const mfd_session *s)
+{
+    static const char *roles[] = {"none", "source", "destination"};
+    static const char *statuses[] = {"idle", "setup", "active", "completed",
+                                     "failed"};
+    mfd_stats *st = malloc(sizeof(*st));
+    if (!st)
+        return NULL;
+    mfd_get_stats(s, st);
+    size_t cap = 1024 + (size_t)st->channels * 160;
+    char *out = malloc(cap);
+    if (!out) {
+        free(st);
+        return NULL;
+    }
+    size_t n = (size_t)snprintf(
+        out, cap,
+        "{\"role\": \"%s\", \"status\": \"%s\", \"channels\": %u, "
+        "\"page_size\": %u, \"total_time_us\": %" PRIu64
+        ", \"setup_time_us\": %" PRIu64 ", \"ram_bytes\": %" PRIu64
+        ", \"main_bytes\": %" PRIu64 ", \"data_bytes\": %" PRIu64
+        ", \"normal_pages\": %" PRIu64 ", \"zero_pages\": %" PRIu64
+        ", \"legacy_zero_pages\": %" PRIu64 ", \"data_packets\": %" PRIu64
+        ", \"sync_packets\": %" PRIu64 ", \"iterations\": %" PRIu64
+        ", \"throughput_gbps\": %.3f, \"channel\": [",
+        roles[st->role % 3], statuses[st->status % 5], st->channels,
+        st->page_size, st->total_time_us, st->setup_time_us, st->ram_bytes,
+        st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
+        st->legacy_zero_pages, st->data_packets, st->sync_packets,
+        st->iterations, st->throughput_gbps);
+    for (uint32_t i = 0; i < st->channels && i < MFD_MAX_CHANNELS; i++) {
+        const mfd_channel_stats *c = &st->channel[i];
+        n += (size_t)snprintf(out + n, cap - n,
+                              "%s{\"id\": %u, \"packets\": %" PRIu64
+                              ", \"sync_packets\": %" PRIu64
+                              ", \"normal_pages\": %" PRIu64
+                              ", \"zero_pages\": %" PRIu64
+                              ", \"bytes\": %" PRIu64 "}",
+                              i ? ", " : "", i, c->packets, c->sync_packets,
+                              c->normal_pages, c->zero_pages, c->bytes);
+    }
+    snprintf(out + n, cap - n, "]}");
+    free(st);
+    return out;
+}
+
+/* ---- entry points ------------------------------------------------------ */
+
+MFD_API int mfd_migrate(mfd_session *s, const char *uri)
+{
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE, "session already used");
+    if (s->nblocks == 0)
+        return mfd__set_error(s, MFD_EINVAL, "no blocks to migrate");
+    s->used = true;
+    s->role = 1;
+    return mfd__migrate(s, uri);
+}
+
+MFD_API int mfd_incoming(mfd_session *s)
+{
+    if (s->listen_fd < 0)
+        return mfd__set_error(s, MFD_ESTATE, "mfd_incoming before mfd_listen");
+    if (s->role == 2 && s->status != 1)
+        return mfd__set_error(s, MFD_ESTATE, "session already used");
+    return mfd__incoming(s);
+}
+
+MFD_API const char *mfd_listen_uri(const mfd_session *s)
+{
+    return s->listen_fd >= 0 ? s->listen_uri : NULL;
+}

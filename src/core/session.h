@@ -1,0 +1,201 @@
+/*
+ * session.h - the session object shared by the source (send/) and the
+ * destination (recv/) rooms, its channels, and the failure protocol.
+ *
+ * Threads and ownership
+ * ---------------------
+ * Source: the caller's thread of mfd_migrate() is the migration thread. It
+ * owns the main channel for writing and `cur`, the batch it fills. Each
+ * send channel thread owns its socket, packet buffer and iovec array. A
+ * batch changes hands by pointer swap under the channel's lock: while
+ * (pending & MFD_JOB_BATCH) the channel thread owns ch->batch, otherwise
+ * the migration thread may swap it with `cur`. The return-path thread owns
+ * reading the main channel after READY.
+ *
+ * Destination: the caller's thread of mfd_incoming() is the main thread. It
+ * owns the listener and the main channel. Each recv channel thread owns its
+ * socket and buffers and writes pages into the blocks; pages of one pass
+ * are disjoint, and the per-iteration barrier (sync_lock / sync_cond)
+ * orders passes. receivedmap bits are set with atomic operations.
+ *
+ * Failure: whichever thread sees an error calls mfd__fail(), which records
+ * the first error only, shuts the data sockets down so blocked threads
+ * return, and wakes every waiter (semaphores, condition variables, the
+ * destination's wake eventfd). Sockets are closed only after every thread
+ * that could use them has been joined.
+ */
+#ifndef MFD_CORE_SESSION_H
+#define MFD_CORE_SESSION_H
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "multifd.h"
+#include "protocol/wire.h"
+
+typedef struct mfd_block {
+    char *name;
+    uint32_t name_len;
+    uint8_t *host;
+    uint64_t length;
+    uint64_t pages;
+    uint64_t *receivedmap; /* destination: pages already received */
+    bool mapped;           /* mapped by the library, unmapped at free */
+} mfd_block;
+
+/* A batch of pages of one block, handed from the migration thread. */
+typedef struct mfd_batch {
+    uint32_t block;
+    uint32_t num;
+    uint64_t *offset; /* pages_per_packet entries */
+} mfd_batch;
+
+#define MFD_JOB_BATCH 1u
+#define MFD_JOB_SYNC 2u
+
+typedef struct mfd_send_chan {
+    struct mfd_session *s;
+    uint32_t id;
+    int fd;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock; /* protects pending, quit, the batch swap */
+    pthread_cond_t cond;
+    unsigned pending;
+    bool quit;
+    mfd_batch *batch;
+    sem_t sem_sync;       /* posted when the SYNC packet is written */
+    uint8_t *packet;      /* packet_len bytes, reused */
+    uint32_t prev_listed; /* offsets written last time, to zero the tail */
+    struct iovec *iov;    /* 1 + pages_per_packet entries */
+    mfd_channel_stats st;
+} mfd_send_chan;
+
+typedef struct mfd_recv_chan {
+    struct mfd_session *s;
+    uint32_t id;
+    int fd;
+    pthread_t thread;
+    bool started;
+    uint64_t synced; /* SYNC packets seen; under s->sync_lock */
+    uint8_t *packet;
+    struct iovec *iov;
+    int cached_block; /* index of the last block named, or -1 */
+    mfd_channel_stats st;
+} mfd_recv_chan;
+
+struct mfd_session {
+    /* Parameters. */
+    int64_t channels;
+    int64_t zpd;
+    int64_t page_size;
+    int64_t crc;
+    int64_t verify;
+    int64_t prealloc;
+    int64_t max_total_size;
+    int64_t handshake_timeout;
+    char *incoming_dir;
+    mfd_log_fn log_fn;
+    void *log_opaque;
+
+    /* Blocks: added by the caller (source) or declared by the peer. */
+    mfd_block *blocks;
+    int nblocks;
+    bool blocks_from_caller;
+
+    /* Lifecycle. */
+    int role;   /* 0, 1 source, 2 destination */
+    int status; /* as mfd_stats.status */
+    bool used;
+    bool cancel_requested;
+    uint8_t uuid[16];
+    uint32_t ppp;      /* pages per packet */
+    uint64_t features; /* negotiated */
+    uint32_t method;
+
+    /* Error: first one wins. */
+    pthread_mutex_t err_lock;
+    int err_code;
+    bool err_from_peer; /* the peer told us; do not answer with ERROR */
+    int failed;         /* atomic flag */
+    char err_msg[1024];
+
+    /* Sockets. */
+    int main_fd;
+    int listen_fd;
+    int wake_fd; /* destination: eventfd the main thread polls */
+    char listen_uri[320];
+
+    /* Channels. */
+    uint32_t nchan;
+    mfd_send_chan *sc;
+    mfd_recv_chan *rc;
+    sem_t channels_ready; /* source: idle channels */
+    bool sem_inited;
+    uint32_t next_chan;
+    mfd_batch *cur; /* source: the batch being filled */
+    uint64_t packet_num;
+
+    /* Source: completion, signalled by the return path. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done_received;
+    pthread_t rp_thread;
+    bool rp_started;
+
+    /* Destination: the iteration barrier. */
+    pthread_mutex_t sync_lock;
+    pthread_cond_t sync_cond;
+    uint64_t released_iter;
+    bool quit;
+    uint8_t *device_state;
+    uint64_t device_state_len;
+    bool digests_ok;
+
+    /* Counters (atomic where threads share them). */
+    uint64_t t_start, t_setup, t_end;
+    uint64_t main_bytes;
+    uint64_t legacy_zero_pages;
+    uint64_t data_packets; /* packets listing pages (COMPLETE's count) */
+    uint64_t iterations;
+};
+
+/* Records the first error and wakes every waiter. Always returns -code. */
+int mfd__fail(struct mfd_session *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Records an error that the peer reported (no ERROR is sent back). */
+int mfd__fail_peer(struct mfd_session *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static inline bool mfd__failed(const struct mfd_session *s)
+{
+    return __atomic_load_n(&s->failed, __ATOMIC_ACQUIRE);
+}
+/* Sets the last error without the failure machinery (API misuse). */
+int mfd__set_error(struct mfd_session *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void mfd__log(struct mfd_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Writes one main-channel record (header, body, padding). */
+int mfd__send_record(struct mfd_session *s, uint32_t type, const void *body,
+                     uint32_t len);
+/*
+ * Reads one main-channel record. The body is malloc'ed into *body (NULL if
+ * empty), at most MFD_RECORD_MAX bytes; *len its length. Returns MFD_IO_*
+ * results, or -MFD_EPROTO for an oversize length (message in err).
+ */
+int mfd__recv_record(struct mfd_session *s, int timeout_ms, uint32_t *type,
+                     uint8_t **body, uint32_t *len, char *err, size_t errlen);
+/* Sends an ERROR record for the session's error, best effort. */
+void mfd__send_error_record(struct mfd_session *s);
+
+/* Frees blocks and resets the channel arrays (after threads are joined). */
+void mfd__session_release_runtime(struct mfd_session *s);
+
+int mfd__migrate(struct mfd_session *s, const char *uri);
+int mfd__incoming(struct mfd_session *s);
+
+#endif

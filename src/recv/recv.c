@@ -1,0 +1,824 @@
+/*
+ * recv.c - the destination: listener, main-channel handshake, block
+ * mapping, channel matching, the recv channel threads and completion.
+ *
+ * Every byte that arrives is validated before it is used: counts against
+ * pages_per_packet, names against the block table, offsets against block
+ * lengths, sizes against what the counts imply. Normal pages are read with
+ * readv straight into their final place; a zero page that was never
+ * received is not touched at all (fresh memory is already zero, and
+ * touching it would allocate it).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "core/session.h"
+#include "protocol/crc32c.h"
+#include "ram/bitmap.h"
+#include "transport/transport.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* ---- recv channel thread ----------------------------------------------- */
+
+#define CH_FAIL(ch, num, ...)                                                  \
+    mfd__fail((ch)->s, MFD_EPROTO, "channel %u: packet %" PRIu64 ": %s",        \
+              (ch)->id, (num), (snprintf(msgbuf, sizeof(msgbuf), __VA_ARGS__), \
+                                msgbuf))
+
+static int find_block(mfd_recv_chan *ch, const char *name)
+{
+    mfd_session *s = ch->s;
+    if (ch->cached_block >= 0 && !strcmp(s->blocks[ch->cached_block].name, name))
+        return ch->cached_block;
+    for (int i = 0; i < s->nblocks; i++)
+        if (!strcmp(s->blocks[i].name, name))
+            return ch->cached_block = i;
+    return -1;
+}
+
+/*
+ * The iteration barrier: after a SYNC packet this channel reads nothing
+ * more until the main thread has seen ITERATION_END for the pass and every
+ * channel has reached its SYNC.
+ */
+static void wait_release(mfd_recv_chan *ch)
+{
+    mfd_session *s = ch->s;
+    pthread_mutex_lock(&s->sync_lock);
+    uint64_t mine = ++ch->synced;
+    pthread_cond_broadcast(&s->sync_cond);
+    while (s->released_iter < mine && !mfd__failed(s) && !s->quit)
+        pthread_cond_wait(&s->sync_cond, &s->sync_lock);
+    pthread_mutex_unlock(&s->sync_lock);
+}
+
+/*
+ * Zero pages: a page never received is left untouched and marked received;
+ * a page received before (an earlier pass) is cleared.
+ */
+static void apply_zero_page(mfd_block *b, uint64_t off, uint32_t ps)
+{
+    if (mfd__bitmap_test_and_set_atomic(b->receivedmap, off / ps))
+        memset(b->host + off, 0, ps);
+}
+
+static int recv_one(mfd_recv_chan *ch)
+{
+    mfd_session *s = ch->s;
+    uint32_t ps = (uint32_t)s->page_size;
+    size_t plen = mfd__packet_len(s->ppp);
+    char msgbuf[400], err[300];
+    mfd_packet_hdr h;
+
+    int rc = mfd__read_full(ch->fd, ch->packet, plen);
+    if (rc != MFD_IO_OK) {
+        if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
+            return 1;
+        return mfd__fail(s, MFD_ECLOSED, "channel %u: %s%s", ch->id,
+                         rc == MFD_IO_TRUNCATED ? "truncated packet: " : "",
+                         mfd__io_strerror(rc));
+    }
+    uint64_t num = mfd__get_be64(ch->packet + MFD_PKT_NUM);
+    if (!mfd__packet_decode(ch->packet, s->ppp, &h, err, sizeof(err)))
+        return CH_FAIL(ch, num, "%s", err);
+
+    uint32_t count = h.normal + h.zero;
+    mfd_block *b = NULL;
+    if (count) {
+        if ((h.flags & MFD_FLAG_METHOD_MASK) != s->method)
+            return CH_FAIL(ch, num, "flags method bits 0x%x, negotiated 0x%x",
+                           h.flags & MFD_FLAG_METHOD_MASK, s->method);
+        int bi = find_block(ch, h.name);
+        if (bi < 0)
+            return CH_FAIL(ch, num, "unknown block '%.255s'", h.name);
+        b = &s->blocks[bi];
+        const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
+        for (uint32_t i = 0; i < count; i++) {
+            uint64_t off = mfd__get_be64(offs + 8 * (size_t)i);
+            const char *kind = i < h.normal ? "normal" : "zero";
+            if (off % ps)
+                return CH_FAIL(ch, num,
+                               "%s page offset 0x%" PRIx64
+                               " not aligned to page size %u",
+                               kind, off, ps);
+            if (off > b->length - ps)
+                return CH_FAIL(ch, num,
+                               "%s page offset 0x%" PRIx64
+                               " beyond block '%s' (length 0x%" PRIx64 ")",
+                               kind, off, b->name, b->length);
+        }
+    }
+    if ((uint64_t)h.next_size != (uint64_t)h.normal * ps)
+        return CH_FAIL(ch, num, "next_packet_size %u, expected %" PRIu64
+                       " for %u normal pages",
+                       h.next_size, (uint64_t)h.normal * ps, h.normal);
+
+    uint32_t crc = 0;
+    bool check_crc = s->features & MFD_FEAT_CRC;
+    if (check_crc) {
+        mfd__put_be32(ch->packet + MFD_PKT_CRC, 0);
+        crc = mfd__crc32c(0, ch->packet, plen);
+        if (!h.crc_scope && crc != h.crc)
+            return CH_FAIL(ch, num, "CRC mismatch: packet says 0x%08x, "
+                           "computed 0x%08x", h.crc, crc);
+    }
+
+    if (h.normal) {
+        /* Normal pages go straight into place, adjacent ones merged. */
+        const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
+        int n = 0;
+        for (uint32_t i = 0; i < h.normal; i++) {
+            uint8_t *p = b->host + mfd__get_be64(offs + 8 * (size_t)i);
+            if (n && (uint8_t *)ch->iov[n - 1].iov_base +
+                             ch->iov[n - 1].iov_len == p)
+                ch->iov[n - 1].iov_len += ps;
+            else
+                ch->iov[n++] = (struct iovec){p, ps};
+        }
+        /* readv consumes the array; keep the bases for the CRC. */
+        struct iovec *work = ch->iov + s->ppp;
+        memcpy(work, ch->iov, sizeof(*work) * (size_t)n);
+        rc = mfd__readv_full(ch->fd, work, n);
+        if (rc != MFD_IO_OK) {
+            if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
+                return 1;
+            return CH_FAIL(ch, num, "truncated payload: %s",
+                           rc == MFD_IO_ERROR ? strerror(errno)
+                                              : "connection closed by peer");
+        }
+        if (check_crc && h.crc_scope)
+            for (int i = 0; i < n; i++)
+                crc = mfd__crc32c(crc, ch->iov[i].iov_base, ch->iov[i].iov_len);
+        for (uint32_t i = 0; i < h.normal; i++)
+            mfd__bitmap_set_atomic(b->receivedmap,
+                                   mfd__get_be64(offs + 8 * (size_t)i) / ps);
+    }
+    if (check_crc && h.crc_scope && crc != h.crc)
+        return CH_FAIL(ch, num, "CRC mismatch over packet and payload: packet "
+                       "says 0x%08x, computed 0x%08x", h.crc, crc);
+
+    for (uint32_t i = h.normal; i < count; i++)
+        apply_zero_page(b, mfd__get_be64(ch->packet + MFD_PKT_OFFSETS + 8 * i),
+                        ps);
+
+    MFD_STAT_ADD(ch->st.packets, 1);
+    MFD_STAT_ADD(ch->st.normal_pages, h.normal);
+    MFD_STAT_ADD(ch->st.zero_pages, h.zero);
+    MFD_STAT_ADD(ch->st.bytes, plen + h.next_size);
+    if (count)
+        MFD_STAT_ADD(s->data_packets, 1);
+    /* An older peer may send SYNC on a packet that also carries pages. */
+    if (h.flags & MFD_FLAG_SYNC) {
+        MFD_STAT_ADD(ch->st.sync_packets, 1);
+        wait_release(ch);
+    }
+    return 0;
+}
+
+static void *recv_thread(void *arg)
+{
+    mfd_recv_chan *ch = arg;
+    while (!recv_one(ch))
+        ;
+    return NULL;
+}
+
+/* ---- listener and main channel ----------------------------------------- */
+
+MFD_API int mfd_listen(mfd_session *s, const char *uri)
+{
+    char err[512];
+    mfd_uri u;
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE, "session already used");
+    if (mfd__uri_parse(uri, &u, err, sizeof(err)))
+        return mfd__set_error(s, MFD_EURI, "%s", err);
+    s->listen_fd = mfd__sock_listen(&u, s->listen_uri, sizeof(s->listen_uri),
+                                    err, sizeof(err));
+    if (s->listen_fd < 0)
+        return mfd__set_error(s, MFD_ESYS, "%s", err);
+    s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->wake_fd < 0)
+        return mfd__set_error(s, MFD_ESYS, "eventfd: %s", strerror(errno));
+    s->used = true;
+    s->role = 2;
+    s->status = 1;
+    return 0;
+}
+
+/* Waits for the listener (and the wake fd); returns 1 when readable. */
+static int wait_listener(mfd_session *s, int main_fd)
+{
+    struct pollfd p[3] = {
+        {.fd = s->listen_fd, .events = POLLIN},
+        {.fd = s->wake_fd, .events = POLLIN},
+        {.fd = main_fd, .events = POLLRDHUP},
+    };
+    for (;;) {
+        int rc = poll(p, main_fd >= 0 ? 3 : 2, -1);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0)
+            return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
+        if (mfd__failed(s) || (p[1].revents & POLLIN))
+            return -1;
+        if (main_fd >= 0 && p[2].revents)
+            return mfd__fail(s, MFD_ECLOSED,
+                             "source closed the main channel during channel "
+                             "setup");
+        if (p[0].revents & POLLIN)
+            return 1;
+    }
+}
+
+/* Accepts connections until one is a main channel with a valid preamble. */
+static int accept_main(mfd_session *s)
+{
+    for (;;) {
+        if (wait_listener(s, -1) < 0)
+            return -1;
+        int fd = mfd__sock_accept(s->listen_fd);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
+                continue;
+            return mfd__fail(s, MFD_ESYS, "accept: %s", strerror(errno));
+        }
+        uint8_t pre[MFD_PREAMBLE_LEN];
+        int rc = mfd__read_full_timeout(fd, pre, 4, (int)s->handshake_timeout);
+        if (rc != MFD_IO_OK) {
+            mfd__log(s, "closed stray connection: %s", mfd__io_strerror(rc));
+            close(fd);
+            continue;
+        }
+        uint32_t magic = mfd__get_be32(pre);
+        if (magic != MFD_MAIN_MAGIC) {
+            mfd__log(s, "closed stray connection: %s 0x%08x before any "
+                        "session",
+                     magic == MFD_DATA_MAGIC ? "data channel magic"
+                                             : "unknown magic",
+                     magic);
+            close(fd);
+            continue;
+        }
+        /* From here on this connection is the session's main channel. */
+        s->main_fd = fd;
+        s->t_start = mfd__now_us();
+        rc = mfd__read_full_timeout(fd, pre + 4, 12, (int)s->handshake_timeout);
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, MFD_ECLOSED, "main channel preamble: %s",
+                             mfd__io_strerror(rc));
+        uint32_t version = mfd__get_be32(pre + 4);
+        uint8_t answer[MFD_PREAMBLE_LEN];
+        mfd__preamble_encode(answer, MFD_PROTO_VERSION);
+        MFD_STAT_ADD(s->main_bytes, 2 * MFD_PREAMBLE_LEN);
+        if (version < MFD_PROTO_VERSION) {
+            mfd__write_full(fd, answer, sizeof(answer));
+            return mfd__fail(s, MFD_EUNSUPPORTED,
+                             "main channel: source speaks protocol version "
+                             "%u, older than any this destination speaks "
+                             "(%u)",
+                             version, MFD_PROTO_VERSION);
+        }
+        if (mfd__write_full(fd, answer, sizeof(answer)) != MFD_IO_OK)
+            return mfd__fail(s, MFD_ECLOSED, "main channel preamble: %s",
+                             strerror(errno));
+        return 0;
+    }
+}
+
+/* Reads one record of the setup phase, which must be of type `want`. */
+static int setup_record(mfd_session *s, uint32_t want, const char *what,
+                        uint8_t **body, uint32_t *len)
+{
+    char err[300];
+    uint32_t type;
+    int rc = mfd__recv_record(s, (int)s->handshake_timeout, &type, body, len,
+                              err, sizeof(err));
+    if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
+        return mfd__fail(s, -rc, "%s", err);
+    if (rc != MFD_IO_OK)
+        return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
+                         "main channel: waiting for %s: %s", what,
+                         mfd__io_strerror(rc));
+    if (type == MFD_REC_CANCEL || type == MFD_REC_ERROR) {
+        free(*body);
+        return mfd__fail_peer(s, MFD_EPEER,
+                              "source ended the session during setup");
+    }
+    if (type != want) {
+        free(*body);
+        *body = NULL;
+        if (!(type & MFD_REC_OPTIONAL) || type == MFD_REC_HEARTBEAT)
+            return mfd__fail(s, MFD_EPROTO,
+                             "main channel: expected %s, got record type "
+                             "0x%x",
+                             what, type);
+        /* An unknown optional record is skipped. */
+        return setup_record(s, want, what, body, len);
+    }
+    return 0;
+}
+
+static int map_block(mfd_session *s, mfd_block *b)
+{
+    if (s->incoming_dir) {
+        if (strchr(b->name, '/') || !strcmp(b->name, ".") ||
+            !strcmp(b->name, ".."))
+            return mfd__fail(s, MFD_EREFUSED,
+                             "block '%s': name cannot be a file name in the "
+                             "incoming directory",
+                             b->name);
+        int dfd = open(s->incoming_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            return mfd__fail(s, MFD_ESYS, "incoming directory '%s': %s",
+                             s->incoming_dir, strerror(errno));
+        int fd = openat(dfd, b->name,
+                        O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                        0644);
+        int e = errno;
+        close(dfd);
+        if (fd < 0)
+            return mfd__fail(s, MFD_ESYS, "block '%s': create %s/%s: %s",
+                             b->name, s->incoming_dir, b->name, strerror(e));
+        if (ftruncate(fd, (off_t)b->length) < 0) {
+            e = errno;
+            close(fd);
+            return mfd__fail(s, MFD_ESYS, "block '%s': size file to %" PRIu64
+                             ": %s", b->name, b->length, strerror(e));
+        }
+        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_SHARED,
+                       fd, 0);
+        e = errno;
+        close(fd);
+        if (p == MAP_FAILED)
+            return mfd__fail(s, MFD_ESYS, "block '%s': mmap: %s", b->name,
+                             strerror(e));
+        b->host = p;
+    } else {
+        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED)
+            return mfd__fail(s, MFD_ESYS, "block '%s': mmap of %" PRIu64
+                             " bytes: %s", b->name, b->length,
+                             strerror(errno));
+        b->host = p;
+    }
+    b->mapped = true;
+    if (s->prealloc && madvise(b->host, b->length, MADV_POPULATE_WRITE) < 0) {
+        /* Kernels before 5.14: touch each page instead. */
+        for (uint64_t o = 0; o < b->length; o += (uint64_t)s->page_size)
+            ((volatile uint8_t *)b->host)[o] = 0;
+    }
+    return 0;
+}
+
+static int read_setup(mfd_session *s)
+{
+    uint8_t *body;
+    uint32_t len;
+    char err[300];
+    mfd_hello h;
+
+    if (setup_record(s, MFD_REC_HELLO, "HELLO", &body, &len))
+        return -1;
+    bool ok = mfd__hello_decode(body, len, &h, err, sizeof(err));
+    free(body);
+    if (!ok)
+        return mfd__fail(s, MFD_EPROTO, "main channel: %s", err);
+    if (h.method != MFD_METHOD_NONE)
+        return mfd__fail(s, MFD_EREFUSED,
+                         "HELLO: compression method 0x%x is not supported by "
+                         "this destination",
+                         h.method);
+    memcpy(s->uuid, h.uuid, 16);
+    s->page_size = h.page_size;
+    s->ppp = h.pages_per_packet;
+    s->channels = h.channels;
+    s->zpd = h.zero_page_detection;
+    s->method = h.method;
+    s->features = h.features & (MFD_FEAT_CRC | MFD_FEAT_VERIFY);
+
+    bool have = s->blocks_from_caller;
+    if (have && s->nblocks != (int)h.block_count)
+        return mfd__fail(s, MFD_EREFUSED,
+                         "HELLO: %u blocks offered, this destination has %d",
+                         h.block_count, s->nblocks);
+    if (!have && !(s->blocks = calloc(h.block_count, sizeof(mfd_block))))
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < h.block_count; i++) {
+        if (setup_record(s, MFD_REC_BLOCK, "BLOCK", &body, &len))
+            return -1;
+        uint64_t blen = len >= 16 ? mfd__get_be64(body) : 0;
+        uint32_t idx = len >= 16 ? mfd__get_be32(body + 8) : 0;
+        uint32_t nlen = len >= 16 ? mfd__get_be32(body + 12) : 0;
+        const char *fail = NULL;
+        if (len < 16 || nlen < 1 || nlen > MFD_BLOCK_NAME_MAX ||
+            len != 16 + nlen)
+            fail = "body length does not match name_len (1..255)";
+        else if (idx != i)
+            fail = "index out of order";
+        else if (!mfd__block_name_valid((const char *)body + 16, nlen))
+            fail = "name is not printable ASCII";
+        else if (blen == 0 || blen % h.page_size)
+            fail = "length is not a non-zero multiple of the page size";
+        if (fail) {
+            free(body);
+            return mfd__fail(s, MFD_EPROTO, "main channel: BLOCK %u: %s", i,
+                             fail);
+        }
+        char name[MFD_BLOCK_NAME_MAX + 1];
+        memcpy(name, body + 16, nlen);
+        name[nlen] = 0;
+        free(body);
+        for (uint32_t j = 0; j < i; j++)
+            if (!strcmp(s->blocks[j].name, name))
+                return mfd__fail(s, MFD_EPROTO,
+                                 "main channel: BLOCK %u: duplicate name "
+                                 "'%s'",
+                                 i, name);
+        if (total + blen < total || total + blen > (uint64_t)s->max_total_size)
+            return mfd__fail(s, MFD_EREFUSED,
+                             "main channel: total size of blocks exceeds "
+                             "max-total-size %" PRId64,
+                             s->max_total_size);
+        total += blen;
+        mfd_block *b = &s->blocks[i];
+        if (have) {
+            if (strcmp(b->name, name) || b->length != blen)
+                return mfd__fail(s, MFD_EREFUSED,
+                                 "BLOCK %u: '%s' of %" PRIu64
+                                 " bytes does not match this destination's "
+                                 "block '%s' of %" PRIu64 " bytes",
+                                 i, name, blen, b->name, b->length);
+        } else {
+            if (!(b->name = strdup(name)))
+                return mfd__fail(s, MFD_ENOMEM, "out of memory");
+            b->name_len = nlen;
+            b->length = blen;
+            s->nblocks++;
+        }
+        b->pages = blen / h.page_size;
+    }
+    if (setup_record(s, MFD_REC_SETUP_END, "SETUP_END", &body, &len))
+        return -1;
+    free(body);
+    if (len)
+        return mfd__fail(s, MFD_EPROTO, "main channel: SETUP_END has a body");
+
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (!(b->receivedmap = mfd__bitmap_new(b->pages)))
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        if (!have && map_block(s, b))
+            return -1;
+    }
+
+    uint8_t ready[8];
+    mfd__put_be64(ready, s->features);
+    if (mfd__send_record(s, MFD_REC_READY, ready, 8) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ECLOSED, "main channel: READY: %s",
+                         strerror(errno));
+    return 0;
+}
+
+/* Accepts data channels until all are connected, matching them by id. */
+static int accept_channels(mfd_session *s)
+{
+    uint32_t n = (uint32_t)s->channels, connected = 0;
+    size_t plen = mfd__packet_len(s->ppp);
+    if (!(s->rc = calloc(n, sizeof(*s->rc))))
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        s->rc[i].s = s;
+        s->rc[i].id = i;
+        s->rc[i].fd = -1;
+        s->rc[i].cached_block = -1;
+    }
+    s->nchan = n;
+
+    while (connected < n) {
+        if (wait_listener(s, s->main_fd) < 0)
+            return -1;
+        int fd = mfd__sock_accept(s->listen_fd);
+        if (fd < 0)
+            continue;
+        uint8_t init[MFD_INIT_LEN];
+        int rc = mfd__read_full_timeout(fd, init, sizeof(init),
+                                        (int)s->handshake_timeout);
+        uint32_t magic = rc == MFD_IO_OK ? mfd__get_be32(init) : 0;
+        uint32_t version = rc == MFD_IO_OK ? mfd__get_be32(init + 4) : 0;
+        const char *why = NULL;
+        if (rc != MFD_IO_OK)
+            why = mfd__io_strerror(rc);
+        else if (magic != MFD_DATA_MAGIC)
+            why = "not a data channel (bad magic)";
+        else if (version != MFD_PROTO_VERSION)
+            why = "unsupported data channel version";
+        else if (memcmp(init + 8, s->uuid, 16))
+            why = "foreign session UUID";
+        if (why) {
+            mfd__log(s, "closed stray connection during channel setup: %s",
+                     why);
+            close(fd);
+            continue;
+        }
+        uint32_t id = init[24];
+        if (id >= n) {
+            close(fd);
+            return mfd__fail(s, MFD_EPROTO,
+                             "data channel init: channel id %u >= channels "
+                             "%u",
+                             id, n);
+        }
+        mfd_recv_chan *ch = &s->rc[id];
+        if (ch->fd >= 0) {
+            close(fd);
+            return mfd__fail(s, MFD_EPROTO,
+                             "data channel init: duplicate channel id %u", id);
+        }
+        ch->packet = malloc(plen);
+        /* Entries [0, ppp) build the iovecs, [ppp, 2 ppp) are consumed. */
+        ch->iov = calloc(2 * (size_t)s->ppp, sizeof(struct iovec));
+        ch->fd = fd;
+        if (!ch->packet || !ch->iov)
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
+        if (pthread_create(&ch->thread, NULL, recv_thread, ch))
+            return mfd__fail(s, MFD_ESYS, "pthread_create failed");
+        ch->started = true;
+        connected++;
+    }
+    return 0;
+}
+
+/* ---- main-channel records after setup ---------------------------------- */
+
+static int on_zero_pages(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (len < 8)
+        return mfd__fail(s, MFD_EPROTO, "ZERO_PAGES: body length %u", len);
+    uint32_t bi = mfd__get_be32(body), count = mfd__get_be32(body + 4);
+    if (count < 1 || count > MFD_LEGACY_ZERO_MAX)
+        return mfd__fail(s, MFD_EPROTO, "ZERO_PAGES: count %u outside 1..%u",
+                         count, MFD_LEGACY_ZERO_MAX);
+    if (len != 8 + 8 * (uint64_t)count)
+        return mfd__fail(s, MFD_EPROTO,
+                         "ZERO_PAGES: body length %u for %u offsets", len,
+                         count);
+    if (bi >= (uint32_t)s->nblocks)
+        return mfd__fail(s, MFD_EPROTO,
+                         "ZERO_PAGES: unknown block index %u (%d blocks)", bi,
+                         s->nblocks);
+    mfd_block *b = &s->blocks[bi];
+    uint32_t ps = (uint32_t)s->page_size;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t off = mfd__get_be64(body + 8 + 8 * (size_t)i);
+        if (off % ps)
+            return mfd__fail(s, MFD_EPROTO,
+                             "ZERO_PAGES: offset 0x%" PRIx64
+                             " not aligned to page size %u",
+                             off, ps);
+        if (off > b->length - ps)
+            return mfd__fail(s, MFD_EPROTO,
+                             "ZERO_PAGES: offset 0x%" PRIx64
+                             " beyond block '%s' (length 0x%" PRIx64 ")",
+                             off, b->name, b->length);
+    }
+    for (uint32_t i = 0; i < count; i++)
+        apply_zero_page(b, mfd__get_be64(body + 8 + 8 * (size_t)i), ps);
+    MFD_STAT_ADD(s->legacy_zero_pages, count);
+    return 0;
+}
+
+static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (len != 8)
+        return mfd__fail(s, MFD_EPROTO, "ITERATION_END: body length %u", len);
+    uint64_t it = mfd__get_be64(body);
+    if (it != s->released_iter + 1)
+        return mfd__fail(s, MFD_EPROTO,
+                         "ITERATION_END: iteration %" PRIu64
+                         ", expected %" PRIu64,
+                         it, s->released_iter + 1);
+    pthread_mutex_lock(&s->sync_lock);
+    for (;;) {
+        uint32_t behind = 0;
+        for (uint32_t i = 0; i < s->nchan; i++)
+            behind += s->rc[i].synced < it;
+        if (!behind || mfd__failed(s))
+            break;
+        pthread_cond_wait(&s->sync_cond, &s->sync_lock);
+    }
+    s->released_iter = it;
+    pthread_cond_broadcast(&s->sync_cond);
+    pthread_mutex_unlock(&s->sync_lock);
+    if (mfd__failed(s))
+        return -1;
+    MFD_STAT_ADD(s->iterations, 1);
+    return 0;
+}
+
+static int on_digests(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (!(s->features & MFD_FEAT_VERIFY))
+        return mfd__fail(s, MFD_EPROTO,
+                         "DIGESTS received but feature VERIFY was not "
+                         "negotiated");
+    if (len != 8 * (uint32_t)s->nblocks)
+        return mfd__fail(s, MFD_EPROTO, "DIGESTS: body length %u for %d blocks",
+                         len, s->nblocks);
+    for (int i = 0; i < s->nblocks; i++) {
+        uint64_t want = mfd__get_be64(body + 8 * i);
+        uint64_t got = XXH3_64bits(s->blocks[i].host, s->blocks[i].length);
+        if (want != got)
+            return mfd__fail(s, MFD_EVERIFY,
+                             "block '%s': digest mismatch (source %016" PRIx64
+                             ", destination %016" PRIx64 ")",
+                             s->blocks[i].name, want, got);
+    }
+    s->digests_ok = true;
+    return 0;
+}
+
+static int on_complete(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (len != 24)
+        return mfd__fail(s, MFD_EPROTO, "COMPLETE: body length %u", len);
+    if ((s->features & MFD_FEAT_VERIFY) && !s->digests_ok)
+        return mfd__fail(s, MFD_EPROTO,
+                         "COMPLETE before DIGESTS with feature VERIFY");
+    if (!s->released_iter)
+        return mfd__fail(s, MFD_EPROTO, "COMPLETE before any ITERATION_END");
+    mfd_stats *st = malloc(sizeof(*st));
+    if (!st)
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    mfd_get_stats(s, st);
+    uint64_t n = mfd__get_be64(body), z = mfd__get_be64(body + 8),
+             p = mfd__get_be64(body + 16);
+    int rc = 0;
+    if (n != st->normal_pages || z != st->zero_pages || p != st->data_packets)
+        rc = mfd__fail(s, MFD_EVERIFY,
+                       "COMPLETE mismatch: source sent %" PRIu64
+                       " normal, %" PRIu64 " zero pages in %" PRIu64
+                       " packets; received %" PRIu64 ", %" PRIu64
+                       " in %" PRIu64,
+                       n, z, p, st->normal_pages, st->zero_pages,
+                       st->data_packets);
+    free(st);
+    return rc;
+}
+
+static int on_device_state(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (len < 4)
+        return mfd__fail(s, MFD_EPROTO, "DEVICE_STATE: body length %u", len);
+    uint32_t chunk = len - 4;
+    if (s->device_state_len + chunk > (UINT64_C(256) << 20))
+        return mfd__fail(s, MFD_EREFUSED,
+                         "DEVICE_STATE: more than 256 MiB of device state");
+    if (chunk) {
+        uint8_t *p = realloc(s->device_state, s->device_state_len + chunk);
+        if (!p)
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        memcpy(p + s->device_state_len, body + 4, chunk);
+        s->device_state = p;
+        s->device_state_len += chunk;
+    }
+    return 0;
+}
+
+/* Handles one record; returns 1 when the migration is complete. */
+static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
+                     uint32_t len)
+{
+    switch (type) {
+    case MFD_REC_ZERO_PAGES:
+        return on_zero_pages(s, body, len);
+    case MFD_REC_ITERATION_END:
+        return on_iteration_end(s, body, len);
+    case MFD_REC_DEVICE_STATE:
+        return on_device_state(s, body, len);
+    case MFD_REC_DIGESTS:
+        return on_digests(s, body, len);
+    case MFD_REC_COMPLETE:
+        return on_complete(s, body, len) ? -1 : 1;
+    case MFD_REC_CANCEL:
+        return mfd__fail_peer(s, MFD_ECANCELED,
+                              "source cancelled the migration: %.*s",
+                              (int)MFD_MIN(len, MFD_MSG_MAX),
+                              (const char *)body);
+    case MFD_REC_ERROR:
+        return mfd__fail_peer(s, MFD_EPEER, "source reported: %.*s",
+                              len >= 4 ? (int)MFD_MIN(len - 4, MFD_MSG_MAX)
+                                       : 0,
+                              len >= 4 ? (const char *)body + 4 : "");
+    default:
+        if (type & MFD_REC_OPTIONAL)
+            return 0;
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: unknown or unexpected record type "
+                         "0x%x",
+                         type);
+    }
+}
+
+static int main_loop(mfd_session *s)
+{
+    char err[300];
+    struct pollfd p[3] = {
+        {.fd = s->main_fd, .events = POLLIN},
+        {.fd = s->listen_fd, .events = POLLIN},
+        {.fd = s->wake_fd, .events = POLLIN},
+    };
+    for (;;) {
+        int rc = poll(p, 3, -1);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0)
+            return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
+        if (mfd__failed(s))
+            return -1;
+        if (p[1].revents & POLLIN) {
+            int fd = mfd__sock_accept(s->listen_fd);
+            if (fd >= 0) {
+                mfd__log(s, "closed stray connection: all %u channels are "
+                            "already set up",
+                         s->nchan);
+                close(fd);
+            }
+        }
+        if (!p[0].revents)
+            continue;
+        uint32_t type, len;
+        uint8_t *body;
+        rc = mfd__recv_record(s, -1, &type, &body, &len, err, sizeof(err));
+        if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
+            return mfd__fail(s, -rc, "%s", err);
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, MFD_ECLOSED, "main channel: %s%s",
+                             rc == MFD_IO_TRUNCATED ? "truncated record: "
+                                                    : "",
+                             mfd__io_strerror(rc));
+        rc = on_record(s, type, body, len);
+        free(body);
+        if (rc)
+            return rc < 0 ? -1 : 0;
+    }
+}
+
+int mfd__incoming(mfd_session *s)
+{
+    int rc = accept_main(s);
+    if (!rc)
+        rc = read_setup(s);
+    if (!rc)
+        rc = accept_channels(s);
+    if (!rc) {
+        s->t_setup = mfd__now_us();
+        __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
+        rc = main_loop(s);
+    }
+    /*
+     * Park the channel threads before DONE goes out: the source closes the
+     * data channels when it reads DONE, and that EOF is not an error.
+     */
+    pthread_mutex_lock(&s->sync_lock);
+    __atomic_store_n(&s->quit, true, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&s->sync_cond);
+    pthread_mutex_unlock(&s->sync_lock);
+    if (!rc && !mfd__failed(s)) {
+        if (mfd__send_record(s, MFD_REC_DONE, NULL, 0) != MFD_IO_OK)
+            rc = mfd__fail(s, MFD_ECLOSED, "main channel: DONE: %s",
+                           strerror(errno));
+    }
+    for (uint32_t i = 0; s->rc && i < s->nchan; i++)
+        if (s->rc[i].fd >= 0)
+            shutdown(s->rc[i].fd, SHUT_RDWR);
+
+    if (rc || mfd__failed(s)) {
+        mfd__send_error_record(s);
+        mfd__session_release_runtime(s);
+        s->t_end = mfd__now_us();
+        return -s->err_code;
+    }
+    s->t_end = mfd__now_us();
+    __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
+    mfd__session_release_runtime(s);
+    return 0;
+}

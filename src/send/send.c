@@ -1,0 +1,692 @@
+/*
+ * send.c - the source: session setup, the migration thread's page walk, the
+ * send channel threads, and the return path that waits for DONE.
+ *
+ * The data path allocates nothing per batch: the migration thread fills its
+ * batch of offsets and swaps it with an idle channel's empty one; the
+ * channel thread detects zero pages in place, writes the packet header and
+ * the page payload with one sendmsg straight from block memory.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "core/session.h"
+#include "protocol/crc32c.h"
+#include "ram/zero.h"
+#include "transport/transport.h"
+
+/* ---- channel thread ---------------------------------------------------- */
+
+/*
+ * Zero detection of mode multifd: partitions the batch in place so normal
+ * pages come first, keeping their order (so adjacent pages still coalesce
+ * into one iovec), and zero pages last. Returns the number of normal pages.
+ */
+static uint32_t partition_zero(const uint8_t *host, uint64_t *off, uint32_t num,
+                               uint32_t ps)
+{
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < num; i++) {
+        if (mfd__buffer_is_zero(host + off[i], ps))
+            continue;
+        if (w != i) {
+            uint64_t t = off[w];
+            off[w] = off[i];
+            off[i] = t;
+        }
+        w++;
+    }
+    return w;
+}
+
+/* Builds the payload iovecs of the normal pages, merging adjacent pages. */
+static int payload_iov(struct iovec *iov, uint8_t *host, const uint64_t *off,
+                       uint32_t normal, uint32_t ps)
+{
+    int n = 0;
+    for (uint32_t i = 0; i < normal; i++) {
+        uint8_t *p = host + off[i];
+        if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == p) {
+            iov[n - 1].iov_len += ps;
+        } else {
+            iov[n].iov_base = p;
+            iov[n].iov_len = ps;
+            n++;
+        }
+    }
+    return n;
+}
+
+static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
+                        uint32_t zero, const char *name, int iovcnt)
+{
+    mfd_session *s = ch->s;
+    uint32_t ps = (uint32_t)s->page_size;
+    size_t plen = mfd__packet_len(s->ppp);
+    uint32_t next = normal * ps;
+    uint64_t num = __atomic_fetch_add(&s->packet_num, 1, __ATOMIC_RELAXED);
+    /* Memory is not changing in a one-pass migration: CRC covers it all. */
+    uint8_t scope = (s->features & MFD_FEAT_CRC) ? 1 : 0;
+
+    mfd__packet_fill(ch->packet, s->ppp, flags, normal, zero, next, num, scope,
+                     name);
+    if (s->features & MFD_FEAT_CRC) {
+        uint32_t c = mfd__crc32c(0, ch->packet, plen);
+        for (int i = 1; i < iovcnt; i++)
+            c = mfd__crc32c(c, ch->iov[i].iov_base, ch->iov[i].iov_len);
+        mfd__put_be32(ch->packet + MFD_PKT_CRC, c);
+    }
+    ch->iov[0].iov_base = ch->packet;
+    ch->iov[0].iov_len = plen;
+    int rc = mfd__writev_full(ch->fd, ch->iov, iovcnt);
+    if (rc != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "channel %u: packet %" PRIu64 ": %s",
+                         ch->id, num, mfd__io_strerror(rc));
+    MFD_STAT_ADD(ch->st.packets, 1);
+    MFD_STAT_ADD(ch->st.normal_pages, normal);
+    MFD_STAT_ADD(ch->st.zero_pages, zero);
+    MFD_STAT_ADD(ch->st.bytes, plen + next);
+    if (normal + zero)
+        MFD_STAT_ADD(s->data_packets, 1);
+    if (flags & MFD_FLAG_SYNC)
+        MFD_STAT_ADD(ch->st.sync_packets, 1);
+    return 0;
+}
+
+static int send_batch(mfd_send_chan *ch)
+{
+    mfd_session *s = ch->s;
+    mfd_batch *b = ch->batch;
+    mfd_block *blk = &s->blocks[b->block];
+    uint32_t ps = (uint32_t)s->page_size;
+    uint32_t normal = b->num;
+
+    if (s->zpd == MFD_ZPD_MULTIFD)
+        normal = partition_zero(blk->host, b->offset, b->num, ps);
+
+    uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
+    for (uint32_t i = 0; i < b->num; i++)
+        mfd__put_be64(offs + 8 * (size_t)i, b->offset[i]);
+    /* Entries past the listed ones must read as zero. */
+    if (ch->prev_listed > b->num)
+        memset(offs + 8 * (size_t)b->num, 0,
+               8 * (size_t)(ch->prev_listed - b->num));
+    ch->prev_listed = b->num;
+
+    int iovcnt = 1 + payload_iov(ch->iov + 1, blk->host, b->offset, normal, ps);
+    return write_packet(ch, s->method, normal, b->num - normal, blk->name,
+                        iovcnt);
+}
+
+static int send_sync(mfd_send_chan *ch)
+{
+    if (ch->prev_listed) {
+        memset(ch->packet + MFD_PKT_OFFSETS, 0, 8 * (size_t)ch->prev_listed);
+        ch->prev_listed = 0;
+    }
+    return write_packet(ch, MFD_FLAG_SYNC, 0, 0, "", 1);
+}
+
+static void *send_thread(void *arg)
+{
+    mfd_send_chan *ch = arg;
+    mfd_session *s = ch->s;
+
+    for (;;) {
+        pthread_mutex_lock(&ch->lock);
+        while (!ch->pending && !ch->quit && !mfd__failed(s))
+            pthread_cond_wait(&ch->cond, &ch->lock);
+        unsigned jobs = ch->pending;
+        pthread_mutex_unlock(&ch->lock);
+        if (!jobs || mfd__failed(s))
+            break;
+
+        if (jobs & MFD_JOB_BATCH) {
+            int rc = send_batch(ch);
+            pthread_mutex_lock(&ch->lock);
+            ch->pending &= ~MFD_JOB_BATCH;
+            pthread_mutex_unlock(&ch->lock);
+            if (rc)
+                break;
+            sem_post(&s->channels_ready);
+        }
+        if (jobs & MFD_JOB_SYNC) {
+            int rc = send_sync(ch);
+            pthread_mutex_lock(&ch->lock);
+            ch->pending &= ~MFD_JOB_SYNC;
+            pthread_mutex_unlock(&ch->lock);
+            if (rc)
+                break;
+            sem_post(&ch->sem_sync);
+        }
+    }
+    return NULL;
+}
+
+/* ---- migration thread -------------------------------------------------- */
+
+/* Hands s->cur to the next idle channel, round robin, by pointer swap. */
+static int queue_batch(mfd_session *s)
+{
+    for (;;) {
+        while (sem_wait(&s->channels_ready) && errno == EINTR)
+            ;
+        if (mfd__failed(s))
+            return -1;
+        for (uint32_t k = 0; k < s->nchan; k++) {
+            uint32_t i = (s->next_chan + k) % s->nchan;
+            mfd_send_chan *ch = &s->sc[i];
+            pthread_mutex_lock(&ch->lock);
+            if (!(ch->pending & MFD_JOB_BATCH)) {
+                mfd_batch *t = ch->batch;
+                ch->batch = s->cur;
+                s->cur = t;
+                ch->pending |= MFD_JOB_BATCH;
+                pthread_cond_signal(&ch->cond);
+                pthread_mutex_unlock(&ch->lock);
+                s->next_chan = i + 1;
+                s->cur->num = 0;
+                return 0;
+            }
+            pthread_mutex_unlock(&ch->lock);
+        }
+    }
+}
+
+/* Ends a pass: SYNC on every channel, then ITERATION_END on main. */
+static int sync_channels(mfd_session *s, uint64_t iteration)
+{
+    for (uint32_t i = 0; i < s->nchan; i++) {
+        mfd_send_chan *ch = &s->sc[i];
+        pthread_mutex_lock(&ch->lock);
+        ch->pending |= MFD_JOB_SYNC;
+        pthread_cond_signal(&ch->cond);
+        pthread_mutex_unlock(&ch->lock);
+    }
+    for (uint32_t i = 0; i < s->nchan; i++) {
+        while (sem_wait(&s->sc[i].sem_sync) && errno == EINTR)
+            ;
+        if (mfd__failed(s))
+            return -1;
+    }
+    uint8_t body[8];
+    mfd__put_be64(body, iteration);
+    if (mfd__send_record(s, MFD_REC_ITERATION_END, body, 8) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: ITERATION_END: %s",
+                         strerror(errno));
+    MFD_STAT_ADD(s->iterations, 1);
+    return 0;
+}
+
+typedef struct {
+    uint32_t block;
+    uint32_t count;
+    uint8_t body[8 + 8 * MFD_LEGACY_ZERO_MAX];
+} legacy_zero_buf;
+
+static int legacy_flush(mfd_session *s, legacy_zero_buf *z)
+{
+    if (!z->count)
+        return 0;
+    mfd__put_be32(z->body, z->block);
+    mfd__put_be32(z->body + 4, z->count);
+    if (mfd__send_record(s, MFD_REC_ZERO_PAGES, z->body, 8 + 8 * z->count) !=
+        MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: ZERO_PAGES: %s",
+                         strerror(errno));
+    MFD_STAT_ADD(s->legacy_zero_pages, z->count);
+    z->count = 0;
+    return 0;
+}
+
+static int legacy_add(mfd_session *s, legacy_zero_buf *z, uint32_t block,
+                      uint64_t off)
+{
+    if (z->count && (z->block != block || z->count == MFD_LEGACY_ZERO_MAX))
+        if (legacy_flush(s, z))
+            return -1;
+    z->block = block;
+    mfd__put_be64(z->body + 8 + 8 * (size_t)z->count, off);
+    z->count++;
+    return 0;
+}
+
+/* One pass over every page of every block (the first pass: all dirty). */
+static int walk_all(mfd_session *s)
+{
+    uint32_t ps = (uint32_t)s->page_size;
+    bool legacy = s->zpd == MFD_ZPD_LEGACY;
+    legacy_zero_buf *z = NULL;
+    if (legacy && !(z = calloc(1, sizeof(*z))))
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+
+    int rc = 0;
+    for (int bi = 0; bi < s->nblocks && !rc; bi++) {
+        mfd_block *b = &s->blocks[bi];
+        for (uint64_t off = 0; off < b->length; off += ps) {
+            if (mfd__failed(s)) {
+                rc = -1;
+                break;
+            }
+            if (legacy && mfd__buffer_is_zero(b->host + off, ps)) {
+                if ((rc = legacy_add(s, z, (uint32_t)bi, off)))
+                    break;
+                continue;
+            }
+            if (s->cur->num && s->cur->block != (uint32_t)bi &&
+                (rc = queue_batch(s)))
+                break;
+            s->cur->block = (uint32_t)bi;
+            s->cur->offset[s->cur->num++] = off;
+            if (s->cur->num == s->ppp && (rc = queue_batch(s)))
+                break;
+        }
+    }
+    if (!rc && s->cur->num)
+        rc = queue_batch(s);
+    if (!rc && legacy)
+        rc = legacy_flush(s, z);
+    free(z);
+    return rc;
+}
+
+/* ---- setup ------------------------------------------------------------- */
+
+static mfd_batch *batch_new(uint32_t ppp)
+{
+    mfd_batch *b = calloc(1, sizeof(*b));
+    if (b && !(b->offset = calloc(ppp, sizeof(uint64_t)))) {
+        free(b);
+        b = NULL;
+    }
+    return b;
+}
+
+static void batch_free(mfd_batch *b)
+{
+    if (b) {
+        free(b->offset);
+        free(b);
+    }
+}
+
+/* Reads the destination's answer to the setup; expects `want`. */
+static int expect_record(mfd_session *s, uint32_t want, const char *what,
+                         int timeout_ms, uint8_t **body, uint32_t *len)
+{
+    char err[256];
+    uint32_t type;
+    int rc = mfd__recv_record(s, timeout_ms, &type, body, len, err,
+                              sizeof(err));
+    if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
+        return mfd__fail(s, -rc, "%s", err);
+    if (rc != MFD_IO_OK)
+        return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
+                         "waiting for %s: %s", what, mfd__io_strerror(rc));
+    if (type == MFD_REC_ERROR && *len >= 4) {
+        uint32_t code = mfd__get_be32(*body);
+        int n = (int)MFD_MIN(*len - 4, MFD_MSG_MAX);
+        int r = mfd__fail_peer(s,
+                               code == MFD_EREFUSED ? MFD_EREFUSED : MFD_EPEER,
+                               "destination refused: %.*s", n,
+                               (const char *)*body + 4);
+        free(*body);
+        *body = NULL;
+        return r;
+    }
+    if (type != want) {
+        free(*body);
+        *body = NULL;
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: expected %s, got record type 0x%x",
+                         what, type);
+    }
+    return 0;
+}
+
+static int handshake(mfd_session *s, const mfd_uri *u)
+{
+    char err[512];
+    s->main_fd = mfd__sock_connect(u, err, sizeof(err));
+    if (s->main_fd < 0)
+        return mfd__fail(s, MFD_ESYS, "%s", err);
+
+    uint8_t pre[MFD_PREAMBLE_LEN];
+    uint32_t version;
+    mfd__preamble_encode(pre, MFD_PROTO_VERSION);
+    int rc = mfd__write_full(s->main_fd, pre, sizeof(pre));
+    if (rc == MFD_IO_OK)
+        rc = mfd__read_full_timeout(s->main_fd, pre, sizeof(pre),
+                                    (int)s->handshake_timeout);
+    if (rc != MFD_IO_OK)
+        return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
+                         "main channel preamble: %s", mfd__io_strerror(rc));
+    MFD_STAT_ADD(s->main_bytes, 2 * MFD_PREAMBLE_LEN);
+    if (!mfd__preamble_decode(pre, &version))
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: the peer's preamble has bad magic "
+                         "0x%08x",
+                         mfd__get_be32(pre));
+    if (version != MFD_PROTO_VERSION)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: destination answered protocol "
+                         "version %u, this source speaks %u",
+                         version, MFD_PROTO_VERSION);
+
+    if (getrandom(s->uuid, sizeof(s->uuid), 0) != sizeof(s->uuid))
+        return mfd__fail(s, MFD_ESYS, "getrandom: %s", strerror(errno));
+    s->uuid[6] = (uint8_t)((s->uuid[6] & 0x0f) | 0x40); /* UUID version 4 */
+    s->uuid[8] = (uint8_t)((s->uuid[8] & 0x3f) | 0x80);
+
+    uint64_t want = (s->crc ? MFD_FEAT_CRC : 0) |
+                    (s->verify ? MFD_FEAT_VERIFY : 0);
+    mfd_hello h = {
+        .page_size = (uint32_t)s->page_size,
+        .pages_per_packet = s->ppp,
+        .channels = (uint32_t)s->channels,
+        .method = s->method,
+        .level = 0,
+        .zero_page_detection = (uint32_t)s->zpd,
+        .features = want,
+        .block_count = (uint32_t)s->nblocks,
+    };
+    memcpy(h.uuid, s->uuid, 16);
+    uint8_t hb[MFD_HELLO_LEN];
+    mfd__hello_encode(hb, &h);
+    if (mfd__send_record(s, MFD_REC_HELLO, hb, sizeof(hb)) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: HELLO: %s",
+                         strerror(errno));
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        uint8_t bb[16 + MFD_BLOCK_NAME_MAX];
+        mfd__put_be64(bb, b->length);
+        mfd__put_be32(bb + 8, (uint32_t)i);
+        mfd__put_be32(bb + 12, b->name_len);
+        memcpy(bb + 16, b->name, b->name_len);
+        if (mfd__send_record(s, MFD_REC_BLOCK, bb, 16 + b->name_len) !=
+            MFD_IO_OK)
+            return mfd__fail(s, MFD_ESYS, "main channel: BLOCK: %s",
+                             strerror(errno));
+    }
+    if (mfd__send_record(s, MFD_REC_SETUP_END, NULL, 0) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: SETUP_END: %s",
+                         strerror(errno));
+
+    /* Mapping (and preallocating) the blocks may take a while: no limit. */
+    uint8_t *body;
+    uint32_t len;
+    if (expect_record(s, MFD_REC_READY, "READY", -1, &body, &len))
+        return -1;
+    uint64_t accepted = len == 8 ? mfd__get_be64(body) : ~UINT64_C(0);
+    free(body);
+    if (len != 8)
+        return mfd__fail(s, MFD_EPROTO, "main channel: READY body length %u",
+                         len);
+    if (accepted & ~want)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: READY accepts features 0x%" PRIx64
+                         " that were not offered (0x%" PRIx64 ")",
+                         accepted, want);
+    s->features = accepted;
+    return 0;
+}
+
+static int channels_setup(mfd_session *s, const mfd_uri *u)
+{
+    char err[512];
+    uint32_t n = (uint32_t)s->channels;
+    size_t plen = mfd__packet_len(s->ppp);
+
+    if (!(s->sc = calloc(n, sizeof(*s->sc))))
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    s->nchan = n;
+    for (uint32_t i = 0; i < n; i++) {
+        mfd_send_chan *ch = &s->sc[i];
+        ch->s = s;
+        ch->id = i;
+        ch->fd = -1;
+        pthread_mutex_init(&ch->lock, NULL);
+        pthread_cond_init(&ch->cond, NULL);
+        sem_init(&ch->sem_sync, 0, 0);
+    }
+    sem_init(&s->channels_ready, 0, n);
+    s->sem_inited = true;
+    if (!(s->cur = batch_new(s->ppp)))
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+
+    for (uint32_t i = 0; i < n; i++) {
+        mfd_send_chan *ch = &s->sc[i];
+        ch->packet = calloc(1, plen);
+        ch->iov = calloc(1 + s->ppp, sizeof(struct iovec));
+        ch->batch = batch_new(s->ppp);
+        if (!ch->packet || !ch->iov || !ch->batch)
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        int fd = mfd__sock_connect(u, err, sizeof(err));
+        if (fd < 0)
+            return mfd__fail(s, MFD_ESYS, "channel %u: %s", i, err);
+        ch->fd = fd;
+        uint8_t init[MFD_INIT_LEN];
+        mfd__init_encode(init, s->uuid, (uint8_t)i);
+        int rc = mfd__write_full(fd, init, sizeof(init));
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, MFD_ESYS, "channel %u: init: %s", i,
+                             mfd__io_strerror(rc));
+        MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
+        if (mfd__failed(s))
+            return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (pthread_create(&s->sc[i].thread, NULL, send_thread, &s->sc[i]))
+            return mfd__fail(s, MFD_ESYS, "pthread_create failed");
+        s->sc[i].started = true;
+    }
+    return 0;
+}
+
+/* ---- return path ------------------------------------------------------- */
+
+/*
+ * Reads the destination's records after READY: DONE ends the migration,
+ * ERROR fails it; anything else is a protocol error. EOF before DONE means
+ * the destination is gone.
+ */
+static void *return_path(void *arg)
+{
+    mfd_session *s = arg;
+    char err[256];
+    for (;;) {
+        uint32_t type, len;
+        uint8_t *body;
+        int rc = mfd__recv_record(s, -1, &type, &body, &len, err, sizeof(err));
+        if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT) {
+            mfd__fail(s, -rc, "%s", err);
+            return NULL;
+        }
+        if (rc != MFD_IO_OK) {
+            if (!mfd__failed(s))
+                mfd__fail(s, MFD_ECLOSED,
+                          "destination closed the main channel: %s",
+                          mfd__io_strerror(rc));
+            return NULL;
+        }
+        if (type == MFD_REC_DONE) {
+            free(body);
+            pthread_mutex_lock(&s->lock);
+            s->done_received = true;
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
+            return NULL;
+        }
+        if (type == MFD_REC_ERROR && len >= 4) {
+            uint32_t code = mfd__get_be32(body);
+            int n = (int)MFD_MIN(len - 4, MFD_MSG_MAX);
+            mfd__fail_peer(s, code == MFD_EVERIFY ? MFD_EVERIFY : MFD_EPEER,
+                           "destination reported: %.*s", n,
+                           (const char *)body + 4);
+            free(body);
+            return NULL;
+        }
+        free(body);
+        if (type & MFD_REC_OPTIONAL)
+            continue;
+        mfd__fail(s, MFD_EPROTO,
+                  "main channel: unexpected record type 0x%x from the "
+                  "destination",
+                  type);
+        return NULL;
+    }
+}
+
+/* ---- the end of a migration ---------------------------------------------- */
+
+static int send_completion(mfd_session *s)
+{
+    uint8_t ds[4];
+    mfd__put_be32(ds, 1); /* last chunk of an empty device state */
+    if (mfd__send_record(s, MFD_REC_DEVICE_STATE, ds, 4) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: DEVICE_STATE: %s",
+                         strerror(errno));
+
+    if (s->features & MFD_FEAT_VERIFY) {
+        uint8_t *d = malloc(8 * (size_t)s->nblocks);
+        if (!d)
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        for (int i = 0; i < s->nblocks; i++)
+            mfd__put_be64(d + 8 * i,
+                          XXH3_64bits(s->blocks[i].host, s->blocks[i].length));
+        int rc = mfd__send_record(s, MFD_REC_DIGESTS, d,
+                                  8 * (uint32_t)s->nblocks);
+        free(d);
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, MFD_ESYS, "main channel: DIGESTS: %s",
+                             strerror(errno));
+    }
+
+    mfd_stats *st = malloc(sizeof(*st));
+    if (!st)
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    mfd_get_stats(s, st);
+    uint8_t c[24];
+    mfd__put_be64(c, st->normal_pages);
+    mfd__put_be64(c + 8, st->zero_pages);
+    mfd__put_be64(c + 16, st->data_packets);
+    free(st);
+    if (mfd__send_record(s, MFD_REC_COMPLETE, c, 24) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ESYS, "main channel: COMPLETE: %s",
+                         strerror(errno));
+
+    pthread_mutex_lock(&s->lock);
+    while (!s->done_received && !mfd__failed(s))
+        pthread_cond_wait(&s->cond, &s->lock);
+    bool done = s->done_received;
+    pthread_mutex_unlock(&s->lock);
+    return done ? 0 : -1;
+}
+
+void mfd__session_release_runtime(mfd_session *s)
+{
+    for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
+        mfd_send_chan *ch = &s->sc[i];
+        pthread_mutex_lock(&ch->lock);
+        ch->quit = true;
+        pthread_cond_signal(&ch->cond);
+        pthread_mutex_unlock(&ch->lock);
+    }
+    for (uint32_t i = 0; s->sc && i < s->nchan; i++)
+        if (s->sc[i].started) {
+            pthread_join(s->sc[i].thread, NULL);
+            s->sc[i].started = false;
+        }
+    if (s->main_fd >= 0)
+        shutdown(s->main_fd, SHUT_RDWR);
+    if (s->rp_started) {
+        pthread_join(s->rp_thread, NULL);
+        s->rp_started = false;
+    }
+    for (uint32_t i = 0; s->rc && i < s->nchan; i++)
+        if (s->rc[i].started) {
+            pthread_join(s->rc[i].thread, NULL);
+            s->rc[i].started = false;
+        }
+    /* Every thread is joined: counters are final, sockets can close. */
+    for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
+        mfd_send_chan *ch = &s->sc[i];
+        if (ch->fd >= 0)
+            close(ch->fd);
+        ch->fd = -1;
+        free(ch->packet);
+        free(ch->iov);
+        batch_free(ch->batch);
+        ch->packet = NULL;
+        ch->iov = NULL;
+        ch->batch = NULL;
+    }
+    for (uint32_t i = 0; s->rc && i < s->nchan; i++) {
+        mfd_recv_chan *ch = &s->rc[i];
+        if (ch->fd >= 0)
+            close(ch->fd);
+        ch->fd = -1;
+        free(ch->packet);
+        free(ch->iov);
+        ch->packet = NULL;
+        ch->iov = NULL;
+    }
+    batch_free(s->cur);
+    s->cur = NULL;
+    if (s->main_fd >= 0)
+        close(s->main_fd);
+    s->main_fd = -1;
+    /* The channel arrays stay for the stats; they hold no resources now. */
+}
+
+int mfd__migrate(mfd_session *s, const char *uri)
+{
+    char err[512];
+    mfd_uri u;
+    s->t_start = mfd__now_us();
+    s->status = 1;
+    s->ppp = MFD_PACKET_BYTES / (uint32_t)s->page_size;
+    s->method = MFD_METHOD_NONE;
+    if (mfd__uri_parse(uri, &u, err, sizeof(err)))
+        return mfd__fail(s, MFD_EURI, "%s", err);
+
+    int rc = s->cancel_requested ? -1 : 0;
+    if (!rc)
+        rc = handshake(s, &u);
+    if (!rc)
+        rc = channels_setup(s, &u);
+    if (!rc) {
+        if (pthread_create(&s->rp_thread, NULL, return_path, s))
+            rc = mfd__fail(s, MFD_ESYS, "pthread_create failed");
+        else
+            s->rp_started = true;
+    }
+    if (!rc) {
+        s->t_setup = mfd__now_us();
+        __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
+        rc = walk_all(s);
+    }
+    if (!rc)
+        rc = sync_channels(s, 1);
+    if (!rc)
+        rc = send_completion(s);
+
+    if (rc || mfd__failed(s)) {
+        mfd__send_error_record(s);
+        mfd__session_release_runtime(s);
+        s->t_end = mfd__now_us();
+        return -s->err_code;
+    }
+    s->t_end = mfd__now_us();
+    __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
+    mfd__session_release_runtime(s);
+    return 0;
+}

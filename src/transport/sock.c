@@ -1,0 +1,321 @@
+/*
+ * sock.c - URI parsing, TCP/Unix sockets, and the whole-buffer I/O loops.
+ */
+#include "transport/transport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MFD_IOV_BATCH(n) ((n) < IOV_MAX ? (n) : IOV_MAX)
+
+#define URI_FAIL(...)                                                          \
+    do {                                                                       \
+        snprintf(err, errlen, __VA_ARGS__);                                    \
+        return -1;                                                             \
+    } while (0)
+
+int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen)
+{
+    memset(u, 0, sizeof(*u));
+    if (!text)
+        URI_FAIL("no URI given");
+    if (!strncmp(text, "unix:", 5)) {
+        const char *path = text + 5;
+        if (!*path)
+            URI_FAIL("URI '%s': empty socket path", text);
+        if (strlen(path) >= sizeof(u->path))
+            URI_FAIL("URI '%s': socket path longer than %zu bytes", text,
+                     sizeof(u->path) - 1);
+        u->kind = MFD_URI_UNIX;
+        strcpy(u->path, path);
+        return 0;
+    }
+    if (strncmp(text, "tcp:", 4))
+        URI_FAIL("URI '%s': expected tcp:HOST:PORT or unix:PATH", text);
+
+    const char *host = text + 4, *colon;
+    size_t hlen;
+    if (*host == '[') {
+        const char *close = strchr(host, ']');
+        if (!close || close[1] != ':')
+            URI_FAIL("URI '%s': expected tcp:[ADDRESS]:PORT", text);
+        host++;
+        hlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(host, ':');
+        if (!colon)
+            URI_FAIL("URI '%s': missing :PORT", text);
+        hlen = (size_t)(colon - host);
+        if (memchr(host, ':', hlen))
+            URI_FAIL("URI '%s': IPv6 addresses need brackets", text);
+    }
+    if (hlen == 0)
+        URI_FAIL("URI '%s': empty host", text);
+    if (hlen >= sizeof(u->host))
+        URI_FAIL("URI '%s': host name too long", text);
+
+    const char *port = colon + 1;
+    char *end;
+    errno = 0;
+    long p = strtol(port, &end, 10);
+    if (!*port || *end || errno || p < 0 || p > 65535 || *port == '-' ||
+        *port == '+' || *port == ' ')
+        URI_FAIL("URI '%s': port must be a number in 0..65535", text);
+    u->kind = MFD_URI_TCP;
+    memcpy(u->host, host, hlen);
+    snprintf(u->port, sizeof(u->port), "%ld", p);
+    return 0;
+}
+
+static void sock_tune(int fd, int family)
+{
+    int one = 1;
+    if (family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen)
+{
+    if (u->kind == MFD_URI_UNIX) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        strcpy(sa.sun_path, u->path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            URI_FAIL("socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            int e = errno;
+            close(fd);
+            URI_FAIL("connect to unix:%s: %s", u->path, strerror(e));
+        }
+        return fd;
+    }
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
+    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    if (rc)
+        URI_FAIL("resolve %s: %s", u->host, gai_strerror(rc));
+    int fd = -1, e = 0;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+        if (fd < 0) {
+            e = errno;
+            continue;
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            sock_tune(fd, ai->ai_family);
+            break;
+        }
+        e = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        URI_FAIL("connect to tcp:%s:%s: %s", u->host, u->port, strerror(e));
+    return fd;
+}
+
+int mfd__sock_listen(const mfd_uri *u, char *bound, size_t boundlen,
+                     char *err, size_t errlen)
+{
+    int one = 1;
+    if (u->kind == MFD_URI_UNIX) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        struct stat st;
+        strcpy(sa.sun_path, u->path);
+        /* Replace a stale socket left by an earlier run, nothing else. */
+        if (lstat(u->path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(u->path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            URI_FAIL("socket: %s", strerror(errno));
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            listen(fd, 512) < 0) {
+            int e = errno;
+            close(fd);
+            URI_FAIL("listen on unix:%s: %s", u->path, strerror(e));
+        }
+        snprintf(bound, boundlen, "unix:%s", u->path);
+        return fd;
+    }
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *res;
+    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    if (rc)
+        URI_FAIL("resolve %s: %s", u->host, gai_strerror(rc));
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC,
+                    res->ai_protocol);
+    if (fd < 0) {
+        int e = errno;
+        freeaddrinfo(res);
+        URI_FAIL("socket: %s", strerror(e));
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 512) < 0) {
+        int e = errno;
+        close(fd);
+        freeaddrinfo(res);
+        URI_FAIL("listen on tcp:%s:%s: %s", u->host, u->port, strerror(e));
+    }
+    int family = res->ai_family;
+    freeaddrinfo(res);
+
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char hbuf[NI_MAXHOST], pbuf[NI_MAXSERV];
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        getnameinfo((struct sockaddr *)&ss, sl, hbuf, sizeof(hbuf), pbuf,
+                    sizeof(pbuf), NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+        if (family == AF_INET6)
+            snprintf(bound, boundlen, "tcp:[%s]:%s", hbuf, pbuf);
+        else
+            snprintf(bound, boundlen, "tcp:%s:%s", hbuf, pbuf);
+    } else {
+        snprintf(bound, boundlen, "tcp:%s:%s", u->host, u->port);
+    }
+    return fd;
+}
+
+int mfd__sock_accept(int lfd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+    if (fd >= 0)
+        sock_tune(fd, ss.ss_family);
+    return fd;
+}
+
+static int wait_readable(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (;;) {
+        int rc = poll(&p, 1, timeout_ms);
+        if (rc > 0)
+            return 0;
+        if (rc == 0)
+            return MFD_IO_TIMEOUT;
+        if (errno != EINTR)
+            return MFD_IO_ERROR;
+    }
+}
+
+int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms)
+{
+    size_t done = 0;
+    while (done < len) {
+        if (timeout_ms >= 0) {
+            int w = wait_readable(fd, timeout_ms);
+            if (w)
+                return w;
+        }
+        ssize_t n = read(fd, (char *)buf + done, len - done);
+        if (n > 0) {
+            done += (size_t)n;
+        } else if (n == 0) {
+            return done ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+        } else if (errno != EINTR) {
+            return MFD_IO_ERROR;
+        }
+    }
+    return MFD_IO_OK;
+}
+
+int mfd__read_full(int fd, void *buf, size_t len)
+{
+    return mfd__read_full_timeout(fd, buf, len, -1);
+}
+
+/* Advances an iovec array past n bytes; returns the new start index. */
+static int iov_advance(struct iovec *iov, int iovcnt, int i, size_t n)
+{
+    while (i < iovcnt && n >= iov[i].iov_len) {
+        n -= iov[i].iov_len;
+        i++;
+    }
+    if (i < iovcnt) {
+        iov[i].iov_base = (char *)iov[i].iov_base + n;
+        iov[i].iov_len -= n;
+    }
+    return i;
+}
+
+int mfd__readv_full(int fd, struct iovec *iov, int iovcnt)
+{
+    int i = 0;
+    size_t got = 0;
+    while (i < iovcnt) {
+        int cnt = MFD_IOV_BATCH(iovcnt - i);
+        ssize_t n = readv(fd, iov + i, cnt);
+        if (n > 0) {
+            got += (size_t)n;
+            i = iov_advance(iov, iovcnt, i, (size_t)n);
+        } else if (n == 0) {
+            return got ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+        } else if (errno != EINTR) {
+            return MFD_IO_ERROR;
+        }
+        /* Skip empty entries so readv never returns 0 for a full array. */
+        while (i < iovcnt && iov[i].iov_len == 0)
+            i++;
+    }
+    return MFD_IO_OK;
+}
+
+int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)
+{
+    int i = 0;
+    while (i < iovcnt && iov[i].iov_len == 0)
+        i++;
+    while (i < iovcnt) {
+        struct msghdr msg = {.msg_iov = iov + i,
+                             .msg_iovlen = (size_t)MFD_IOV_BATCH(iovcnt - i)};
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n > 0) {
+            i = iov_advance(iov, iovcnt, i, (size_t)n);
+            while (i < iovcnt && iov[i].iov_len == 0)
+                i++;
+        } else if (n < 0 && errno != EINTR) {
+            return MFD_IO_ERROR;
+        }
+    }
+    return MFD_IO_OK;
+}
+
+int mfd__write_full(int fd, const void *buf, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    return mfd__writev_full(fd, &iov, 1);
+}
+
+const char *mfd__io_strerror(int rc)
+{
+    switch (rc) {
+    case MFD_IO_OK:
+        return "success";
+    case MFD_IO_EOF:
+        return "connection closed by peer";
+    case MFD_IO_TRUNCATED:
+        return "connection closed by peer in the middle of a message";
+    case MFD_IO_TIMEOUT:
+        return "timed out waiting for the peer";
+    default:
+        return strerror(errno);
+    }
+}

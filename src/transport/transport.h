@@ -1,0 +1,65 @@
+/*
+ * transport.h - URIs, sockets and whole-buffer I/O for the channels.
+ *
+ * A channel is a connected stream socket (TCP or Unix). Everything above
+ * this room sees file descriptors and the *_full calls, which either move
+ * every byte or say why not.
+ */
+#ifndef MFD_TRANSPORT_H
+#define MFD_TRANSPORT_H
+
+#include <stddef.h>
+#include <sys/uio.h>
+
+typedef enum { MFD_URI_TCP = 1, MFD_URI_UNIX = 2 } mfd_uri_kind;
+
+typedef struct {
+    mfd_uri_kind kind;
+    char host[256]; /* TCP: name or address, brackets removed */
+    char port[8];   /* TCP: decimal 0..65535 */
+    char path[108]; /* Unix: socket path */
+} mfd_uri;
+
+/* Parses "tcp:HOST:PORT", "tcp:[V6]:PORT" or "unix:PATH". */
+int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen);
+
+/*
+ * Connects to `u` (TCP_NODELAY on TCP). Returns the fd, or -1 with a message
+ * in err.
+ */
+int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen);
+
+/*
+ * Binds and listens on `u`. Writes the resolved URI (ephemeral port filled
+ * in) to `bound`. Returns the fd, or -1 with a message in err. A Unix socket
+ * path that exists as a socket is replaced.
+ */
+int mfd__sock_listen(const mfd_uri *u, char *bound, size_t boundlen,
+                     char *err, size_t errlen);
+
+/* Accepts one connection (TCP_NODELAY, close-on-exec); -1 on error. */
+int mfd__sock_accept(int lfd);
+
+/* Results of the *_full calls. */
+enum {
+    MFD_IO_OK = 0,
+    MFD_IO_EOF = 1,       /* the peer closed before the first byte */
+    MFD_IO_TRUNCATED = 2, /* the peer closed part-way */
+    MFD_IO_ERROR = -1,    /* errno says why */
+    MFD_IO_TIMEOUT = -2,  /* timeout_ms passed without progress */
+};
+
+/* Reads exactly len bytes. */
+int mfd__read_full(int fd, void *buf, size_t len);
+/* Same, giving up when no byte arrives for timeout_ms (< 0: no limit). */
+int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms);
+/* Reads until every iovec is full; the array is consumed (modified). */
+int mfd__readv_full(int fd, struct iovec *iov, int iovcnt);
+/* Writes every iovec (MSG_NOSIGNAL); the array is consumed (modified). */
+int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
+int mfd__write_full(int fd, const void *buf, size_t len);
+
+/* Human text for a non-OK result of the calls above ("connection closed"). */
+const char *mfd__io_strerror(int rc);
+
+#endif

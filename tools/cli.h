@@ -1,0 +1,44 @@
+/*
+ * cli.h - what the subcommands of the multifd tool share.
+ */
+#ifndef MFD_TOOLS_CLI_H
+#define MFD_TOOLS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "multifd.h"
+
+/* Prints the human summary of a session's stats. */
+void cli_print_stats(FILE *f, const mfd_session *s, const char *what);
+
+/* Parses a size with an optional K/M/G/T suffix (powers of 1024). */
+bool cli_parse_size(const char *text, uint64_t *out);
+
+/*
+ * Starts a thread printing a progress line to stderr every `ms` ms until
+ * cli_progress_stop(); `total` is the bytes of guest memory expected.
+ */
+void cli_progress_start(mfd_session *s, uint64_t total, int ms);
+void cli_progress_stop(void);
+
+/* Synthetic guest contents (guest.c). */
+typedef enum {
+    GUEST_ZERO,
+    GUEST_RANDOM,
+    GUEST_HALF, /* alternating 2 MiB runs of zero and random pages */
+    GUEST_TEXT,
+    GUEST_MIXED /* zero, random and text pages interleaved */
+} guest_content;
+
+bool guest_content_parse(const char *name, guest_content *out);
+/* Fills len bytes (a multiple of 4096) with content, using 2 threads. */
+void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed);
+/* Counts the all-zero 4 KiB pages. */
+uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len);
+
+int cmd_demo(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,152 @@
+/*
+ * guest.c - synthetic guest memory for the demo and the bench: zero pages,
+ * random pages (incompressible) and text-like pages (compressible, like a
+ * page cache full of logs), generated fast enough not to dominate a run.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define PAGE 4096u
+
+bool guest_content_parse(const char *name, guest_content *out)
+{
+    static const struct {
+        const char *name;
+        guest_content c;
+    } names[] = {{"zero", GUEST_ZERO},
+                 {"random", GUEST_RANDOM},
+                 {"half", GUEST_HALF},
+                 {"text", GUEST_TEXT},
+                 {"mixed", GUEST_MIXED}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(name, names[i].name)) {
+            *out = names[i].c;
+            return true;
+        }
+    return false;
+}
+
+static inline uint64_t splitmix(uint64_t *x)
+{
+    uint64_t z = (*x += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+static void fill_random(uint8_t *p, uint64_t *rng)
+{
+    uint64_t x = splitmix(rng), y = splitmix(rng);
+    for (unsigned i = 0; i < PAGE; i += 8) {
+        /* xorshift128+: fast and plenty random for incompressibility. */
+        uint64_t t = x;
+        const uint64_t s0 = y;
+        x = s0;
+        t ^= t << 23;
+        t ^= t >> 17;
+        t ^= s0 ^ (s0 >> 26);
+        y = t;
+        uint64_t v = t + s0;
+        memcpy(p + i, &v, 8);
+    }
+}
+
+static const char *const words[] = {
+    "the ", "migration ", "channel ", "page ", "kernel: ", "INFO ",
+    "qemu ", "dirty ", "bitmap ", "zero ", "packet ", "sync ",
+    "2026-11-21 ", "10:42:17 ", "[ok] ", "memory ", "block ", "ram0 ",
+    "request ", "GET /index.html ", "HTTP/1.1 ", "200 ", "\n", "user=",
+    "latency_ms=", "42 ", "1337 ", "error ", "retry ", "=> "};
+
+static void fill_text(uint8_t *p, uint64_t *rng)
+{
+    unsigned i = 0;
+    uint64_t r = 0;
+    int left = 0;
+    while (i < PAGE) {
+        if (!left) {
+            r = splitmix(rng);
+            left = 12;
+        }
+        const char *w = words[(r & 31) % (sizeof(words) / sizeof(words[0]))];
+        r >>= 5;
+        left--;
+        size_t n = strlen(w);
+        if (n > PAGE - i)
+            n = PAGE - i;
+        memcpy(p + i, w, n);
+        i += (unsigned)n;
+    }
+}
+
+static void fill_page(uint8_t *p, uint64_t index, guest_content c,
+                      uint64_t seed)
+{
+    uint64_t rng = seed ^ (index * UINT64_C(0x2545f4914f6cdd1d));
+    guest_content kind = c;
+    if (c == GUEST_HALF) {
+        /* 2 MiB runs alternate, as a half-used guest's memory does. */
+        kind = ((index / 512) & 1) ? GUEST_RANDOM : GUEST_ZERO;
+    } else if (c == GUEST_MIXED) {
+        uint64_t h = splitmix(&rng) % 100;
+        /* Mostly runs, with isolated pages of each kind mixed in. */
+        uint64_t run = (index / 64) * UINT64_C(0x9e3779b97f4a7c15) >> 59;
+        kind = run < 13 ? GUEST_ZERO : run < 24 ? GUEST_RANDOM : GUEST_TEXT;
+        if (h < 5)
+            kind = GUEST_ZERO;
+        else if (h < 8)
+            kind = GUEST_RANDOM;
+    }
+    switch (kind) {
+    case GUEST_ZERO:
+        memset(p, 0, PAGE);
+        break;
+    case GUEST_TEXT:
+        fill_text(p, &rng);
+        break;
+    default:
+        fill_random(p, &rng);
+        break;
+    }
+}
+
+typedef struct {
+    uint8_t *buf;
+    uint64_t first, last;
+    guest_content c;
+    uint64_t seed;
+} fill_job;
+
+static void *fill_main(void *arg)
+{
+    fill_job *j = arg;
+    for (uint64_t i = j->first; i < j->last; i++)
+        fill_page(j->buf + i * PAGE, i, j->c, j->seed);
+    return NULL;
+}
+
+void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed)
+{
+    uint64_t pages = len / PAGE;
+    fill_job jobs[2] = {{buf, 0, pages / 2, c, seed},
+                        {buf, pages / 2, pages, c, seed}};
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, fill_main, &jobs[1]) == 0;
+    fill_main(&jobs[0]);
+    if (threaded)
+        pthread_join(t, NULL);
+    else
+        fill_main(&jobs[1]);
+}
+
+uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len)
+{
+    static const uint8_t zero[PAGE];
+    uint64_t n = 0;
+    for (uint64_t o = 0; o + PAGE <= len; o += PAGE)
+        n += !memcmp(buf + o, zero, PAGE);
+    return n;
+}
