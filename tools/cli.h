@@ -38,6 +38,27 @@ void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed);
 /* Counts the all-zero 4 KiB pages. */
 uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len);
 
+/*
+ * A destination in a child process, as the demo and the bench run it: the
+ * child listens on `listen_uri`, reports the resolved URI, receives one
+ * migration into fresh anonymous memory and reports each block's XXH3-64
+ * digest (or its error) over a pipe.
+ */
+typedef struct {
+    int pid;
+    int fd; /* read end of the report pipe */
+    char uri[320];
+} dest_child;
+
+int dest_child_start(dest_child *d, const char *listen_uri, int channels,
+                     bool prealloc, bool print_stats);
+/*
+ * Waits for the child's report: fills digests[0..n) and returns 0, or
+ * returns -1 with the child's error in err.
+ */
+int dest_child_finish(dest_child *d, uint64_t *digests, int n, char *err,
+                      size_t errlen);
+
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 

@@ -61,25 +61,31 @@ static const char *const words[] = {
     "request ", "GET /index.html ", "HTTP/1.1 ", "200 ", "\n", "user=",
     "latency_ms=", "42 ", "1337 ", "error ", "retry ", "=> "};
 
-static void fill_text(uint8_t *p, uint64_t *rng)
+/*
+ * Text pages are windows of a 64 KiB corpus of log-like lines built once:
+ * as compressible as real text, and a plain memcpy to produce.
+ */
+#define CORPUS (64u * 1024)
+static char corpus[CORPUS + PAGE];
+static pthread_once_t corpus_once = PTHREAD_ONCE_INIT;
+
+static void corpus_build(void)
 {
+    uint64_t rng = 7;
     unsigned i = 0;
-    uint64_t r = 0;
-    int left = 0;
-    while (i < PAGE) {
-        if (!left) {
-            r = splitmix(rng);
-            left = 12;
-        }
-        const char *w = words[(r & 31) % (sizeof(words) / sizeof(words[0]))];
-        r >>= 5;
-        left--;
+    while (i < sizeof(corpus)) {
+        const char *w = words[splitmix(&rng) % (sizeof(words) / sizeof(words[0]))];
         size_t n = strlen(w);
-        if (n > PAGE - i)
-            n = PAGE - i;
-        memcpy(p + i, w, n);
+        if (n > sizeof(corpus) - i)
+            n = sizeof(corpus) - i;
+        memcpy(corpus + i, w, n);
         i += (unsigned)n;
     }
+}
+
+static void fill_text(uint8_t *p, uint64_t *rng)
+{
+    memcpy(p, corpus + splitmix(rng) % CORPUS, PAGE);
 }
 
 static void fill_page(uint8_t *p, uint64_t index, guest_content c,
@@ -130,6 +136,7 @@ static void *fill_main(void *arg)
 
 void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed)
 {
+    pthread_once(&corpus_once, corpus_build);
     uint64_t pages = len / PAGE;
     fill_job jobs[2] = {{buf, 0, pages / 2, c, seed},
                         {buf, pages / 2, pages, c, seed}};

@@ -1,0 +1,44 @@
+# The README's commands. CMake does the building; this file only wraps it.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+CTEST_ARGS ?= --output-on-failure -j$(JOBS)
+BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
+
+.PHONY: all deps build demo check check-asan test bench install clean
+
+all: build
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(BUILD)/build.ninja: CMakeLists.txt | deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j$(JOBS)
+
+demo: build
+	$(BUILD)/tools/multifd demo
+
+# All tests, on the normal build and on the ASan+UBSan build.
+check: build
+	cd $(BUILD) && ctest $(CTEST_ARGS)
+	$(MAKE) --no-print-directory check-asan
+
+check-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMFD_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS)
+
+test: check
+
+bench: build
+	$(BUILD)/tools/multifd bench $(BENCH_ARGS)
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
