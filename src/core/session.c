@@ -80,7 +80,7 @@ MFD_API mfd_session *mfd_session_new(void)
     s->page_size = 4096;
     s->max_total_size = INT64_C(16) << 40;
     s->handshake_timeout = 10000;
-    s->main_fd = s->listen_fd = s->wake_fd = -1;
+    s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
     s->log_opaque = s; /* marks "default logger": see mfd__log */
     pthread_mutex_init(&s->err_lock, NULL);
@@ -97,6 +97,8 @@ static void free_blocks(mfd_session *s)
         mfd_block *b = &s->blocks[i];
         if (b->mapped && b->host)
             munmap(b->host, b->length);
+        if (b->fd >= 0)
+            close(b->fd);
         free(b->receivedmap);
         free(b->name);
     }
@@ -406,6 +408,7 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
     s->blocks = nb;
     mfd_block *b = &nb[s->nblocks];
     memset(b, 0, sizeof(*b));
+    b->fd = -1;
     if (!(b->name = strdup(name)))
         return mfd__set_error(s, MFD_ENOMEM, "out of memory");
     b->name_len = (uint32_t)strlen(name);

@@ -42,9 +42,28 @@ typedef struct mfd_block {
     uint8_t *host;
     uint64_t length;
     uint64_t pages;
-    uint64_t *receivedmap; /* destination: pages already received */
-    bool mapped;           /* mapped by the library, unmapped at free */
+    /*
+     * Destination: pages whose memory holds received data (set when a
+     * normal page is placed). A zero page whose bit is clear needs nothing:
+     * the memory is still the fresh, zero-filled memory it was mapped as.
+     */
+    uint64_t *receivedmap;
+    bool mapped; /* mapped by the library, unmapped at free */
+    int place;   /* destination: MFD_PLACE_*, how normal pages are written */
+    int fd;      /* destination file (MFD_PLACE_PWRITE), else -1 */
 } mfd_block;
+
+/*
+ * How the destination writes normal pages into a block:
+ * - READV: readv from the socket straight into the mapping (memory that is
+ *   already populated: preallocated, or the caller's);
+ * - UFFD: fresh anonymous memory registered with userfaultfd; a page never
+ *   written is placed with UFFDIO_COPY from the channel's buffer, which
+ *   allocates it without a page fault and without zeroing it first;
+ * - PWRITE: a file: full-page writes into its page cache, which skip the
+ *   zeroing a fault on the shared mapping would do.
+ */
+enum { MFD_PLACE_READV = 0, MFD_PLACE_UFFD = 1, MFD_PLACE_PWRITE = 2 };
 
 /* A batch of pages of one block, handed from the migration thread. */
 typedef struct mfd_batch {
@@ -84,6 +103,7 @@ typedef struct mfd_recv_chan {
     uint8_t *packet;
     struct iovec *iov;
     int cached_block; /* index of the last block named, or -1 */
+    uint8_t *bounce;  /* one packet's payload, for UFFD and PWRITE */
     mfd_channel_stats st;
 } mfd_recv_chan;
 
@@ -151,6 +171,7 @@ struct mfd_session {
     pthread_cond_t sync_cond;
     uint64_t released_iter;
     bool quit;
+    int uffd; /* userfaultfd of the UFFD blocks, or -1 */
     uint8_t *device_state;
     uint64_t device_state_len;
     bool digests_ok;

@@ -16,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -30,6 +33,9 @@
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
+#endif
+#ifndef UFFD_FEATURE_SIGBUS
+#define UFFD_FEATURE_SIGBUS (1 << 7)
 #endif
 
 /* ---- recv channel thread ----------------------------------------------- */
@@ -67,13 +73,102 @@ static void wait_release(mfd_recv_chan *ch)
 }
 
 /*
- * Zero pages: a page never received is left untouched and marked received;
- * a page received before (an earlier pass) is cleared.
+ * Zero pages: a page whose memory never received data is left untouched
+ * (fresh memory is zero, and touching it would allocate it); a page that
+ * holds data from an earlier pass is cleared - in a file by punching a
+ * hole, so the file stays sparse.
  */
 static void apply_zero_page(mfd_block *b, uint64_t off, uint32_t ps)
 {
-    if (mfd__bitmap_test_and_set_atomic(b->receivedmap, off / ps))
-        memset(b->host + off, 0, ps);
+    if (!mfd__bitmap_test(b->receivedmap, off / ps))
+        return;
+    if (b->fd >= 0 && fallocate(b->fd, FALLOC_FL_PUNCH_HOLE |
+                                           FALLOC_FL_KEEP_SIZE,
+                                (off_t)off, ps) == 0)
+        return;
+    memset(b->host + off, 0, ps);
+}
+
+/*
+ * Places `len` bytes from the channel's buffer at `off` in a UFFD block.
+ * UFFDIO_COPY fails with EEXIST on a page that is already there; such a
+ * page is simply copied into.
+ */
+static int uffd_place(mfd_session *s, mfd_block *b, uint64_t off,
+                      const uint8_t *src, uint64_t len, uint32_t ps)
+{
+    while (len) {
+        struct uffdio_copy c = {.dst = (uintptr_t)(b->host + off),
+                                .src = (uintptr_t)src,
+                                .len = len};
+        if (ioctl(s->uffd, UFFDIO_COPY, &c) == 0)
+            return 0;
+        uint64_t done = c.copy > 0 ? (uint64_t)c.copy : 0;
+        if (errno == EEXIST && !done) {
+            memcpy(b->host + off, src, ps);
+            done = ps;
+        } else if (errno != EAGAIN && errno != EEXIST && !done) {
+            return -1;
+        }
+        off += done;
+        src += done;
+        len -= done;
+    }
+    return 0;
+}
+
+/*
+ * Writes the normal pages of a packet from the channel's buffer into their
+ * places, a run of adjacent pages at a time.
+ */
+static int place_pages(mfd_recv_chan *ch, mfd_block *b, uint32_t normal,
+                       uint64_t num)
+{
+    mfd_session *s = ch->s;
+    uint32_t ps = (uint32_t)s->page_size;
+    const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
+    uint32_t i = 0;
+    while (i < normal) {
+        uint64_t off = mfd__get_be64(offs + 8 * (size_t)i);
+        bool had = mfd__bitmap_test(b->receivedmap, off / ps);
+        uint32_t j = i + 1;
+        while (j < normal &&
+               mfd__get_be64(offs + 8 * (size_t)j) == off + (uint64_t)(j - i) * ps &&
+               mfd__bitmap_test(b->receivedmap, off / ps + (j - i)) == had)
+            j++;
+        const uint8_t *src = ch->bounce + (size_t)i * ps;
+        uint64_t len = (uint64_t)(j - i) * ps;
+        if (b->place == MFD_PLACE_PWRITE) {
+            uint64_t done = 0;
+            while (done < len) {
+                ssize_t n = pwrite(b->fd, src + done, len - done,
+                                   (off_t)(off + done));
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    return mfd__fail(s, MFD_ESYS,
+                                     "channel %u: packet %" PRIu64
+                                     ": write to block '%s' at 0x%" PRIx64
+                                     ": %s",
+                                     ch->id, num, b->name, off + done,
+                                     n < 0 ? strerror(errno) : "no space");
+                done += (uint64_t)n;
+            }
+        } else if (!had) {
+            if (uffd_place(s, b, off, src, len, ps))
+                return mfd__fail(s, MFD_ESYS,
+                                 "channel %u: packet %" PRIu64
+                                 ": UFFDIO_COPY into block '%s' at 0x%" PRIx64
+                                 ": %s",
+                                 ch->id, num, b->name, off, strerror(errno));
+        } else {
+            memcpy(b->host + off, src, len);
+        }
+        if (!had)
+            mfd__bitmap_set_range_atomic(b->receivedmap, off / ps, j - i);
+        i = j;
+    }
+    return 0;
 }
 
 static int recv_one(mfd_recv_chan *ch)
@@ -137,7 +232,24 @@ static int recv_one(mfd_recv_chan *ch)
                            "computed 0x%08x", h.crc, crc);
     }
 
-    if (h.normal) {
+    if (h.normal && b->place != MFD_PLACE_READV) {
+        /* Into the channel's buffer, checked, then placed. */
+        rc = mfd__read_full(ch->fd, ch->bounce, h.next_size);
+        if (rc != MFD_IO_OK) {
+            if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
+                return 1;
+            return CH_FAIL(ch, num, "truncated payload: %s",
+                           rc == MFD_IO_ERROR ? strerror(errno)
+                                              : "connection closed by peer");
+        }
+        if (check_crc && h.crc_scope)
+            crc = mfd__crc32c(crc, ch->bounce, h.next_size);
+        if (check_crc && h.crc_scope && crc != h.crc)
+            return CH_FAIL(ch, num, "CRC mismatch over packet and payload: "
+                           "packet says 0x%08x, computed 0x%08x", h.crc, crc);
+        if (place_pages(ch, b, h.normal, num))
+            return -1;
+    } else if (h.normal) {
         /* Normal pages go straight into place, adjacent ones merged. */
         const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
         int n = 0;
@@ -163,13 +275,16 @@ static int recv_one(mfd_recv_chan *ch)
         if (check_crc && h.crc_scope)
             for (int i = 0; i < n; i++)
                 crc = mfd__crc32c(crc, ch->iov[i].iov_base, ch->iov[i].iov_len);
+        if (check_crc && h.crc_scope && crc != h.crc)
+            return CH_FAIL(ch, num, "CRC mismatch over packet and payload: "
+                           "packet says 0x%08x, computed 0x%08x", h.crc, crc);
         for (uint32_t i = 0; i < h.normal; i++)
             mfd__bitmap_set_atomic(b->receivedmap,
                                    mfd__get_be64(offs + 8 * (size_t)i) / ps);
     }
-    if (check_crc && h.crc_scope && crc != h.crc)
-        return CH_FAIL(ch, num, "CRC mismatch over packet and payload: packet "
-                       "says 0x%08x, computed 0x%08x", h.crc, crc);
+    if (check_crc && h.crc_scope && !h.normal && crc != h.crc)
+        return CH_FAIL(ch, num, "CRC mismatch: packet says 0x%08x, computed "
+                       "0x%08x", h.crc, crc);
 
     for (uint32_t i = h.normal; i < count; i++)
         apply_zero_page(b, mfd__get_be64(ch->packet + MFD_PKT_OFFSETS + 8 * i),
@@ -333,6 +448,42 @@ static int setup_record(mfd_session *s, uint32_t want, const char *what,
     return 0;
 }
 
+/*
+ * Registers fresh anonymous memory with userfaultfd so pages can be placed
+ * with UFFDIO_COPY. With UFFD_FEATURE_SIGBUS nothing has to serve faults:
+ * an access to a page that was never placed would raise SIGBUS instead of
+ * waiting, and none happens before the registration ends (placement_done).
+ * Any failure here just means the block is written with readv.
+ */
+static int uffd_register(mfd_session *s, mfd_block *b)
+{
+    if (s->uffd < 0) {
+        int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+            return -1;
+        struct uffdio_api api = {.api = UFFD_API,
+                                 .features = UFFD_FEATURE_SIGBUS};
+        if (ioctl(fd, UFFDIO_API, &api)) {
+            close(fd);
+            return -1;
+        }
+        s->uffd = fd;
+    }
+    struct uffdio_register r = {
+        .range = {.start = (uintptr_t)b->host, .len = b->length},
+        .mode = UFFDIO_REGISTER_MODE_MISSING};
+    return ioctl(s->uffd, UFFDIO_REGISTER, &r) ? -1 : 0;
+}
+
+/* Ends userfaultfd placement: the memory becomes ordinary memory again. */
+static void placement_done(mfd_session *s)
+{
+    if (s->uffd >= 0) {
+        close(s->uffd);
+        s->uffd = -1;
+    }
+}
+
 static int map_block(mfd_session *s, mfd_block *b)
 {
     if (s->incoming_dir) {
@@ -362,12 +513,15 @@ static int map_block(mfd_session *s, mfd_block *b)
         }
         void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_SHARED,
                        fd, 0);
-        e = errno;
-        close(fd);
-        if (p == MAP_FAILED)
+        if (p == MAP_FAILED) {
+            e = errno;
+            close(fd);
             return mfd__fail(s, MFD_ESYS, "block '%s': mmap: %s", b->name,
                              strerror(e));
+        }
         b->host = p;
+        b->fd = fd;
+        b->place = MFD_PLACE_PWRITE;
     } else {
         void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -376,13 +530,19 @@ static int map_block(mfd_session *s, mfd_block *b)
                              " bytes: %s", b->name, b->length,
                              strerror(errno));
         b->host = p;
+        b->place = MFD_PLACE_READV;
     }
     b->mapped = true;
-    if (s->prealloc && madvise(b->host, b->length, MADV_POPULATE_WRITE) < 0) {
-        /* Kernels before 5.14: touch each page instead. */
-        for (uint64_t o = 0; o < b->length; o += (uint64_t)s->page_size)
-            ((volatile uint8_t *)b->host)[o] = 0;
+    if (s->prealloc) {
+        if (madvise(b->host, b->length, MADV_POPULATE_WRITE) < 0)
+            /* Kernels before 5.14: touch each page instead. */
+            for (uint64_t o = 0; o < b->length; o += (uint64_t)s->page_size)
+                ((volatile uint8_t *)b->host)[o] = 0;
+        b->place = MFD_PLACE_READV;
+        return 0;
     }
+    if (b->place == MFD_PLACE_READV && uffd_register(s, b) == 0)
+        b->place = MFD_PLACE_UFFD;
     return 0;
 }
 
@@ -471,6 +631,7 @@ static int read_setup(mfd_session *s)
                 return mfd__fail(s, MFD_ENOMEM, "out of memory");
             b->name_len = nlen;
             b->length = blen;
+            b->fd = -1;
             s->nblocks++;
         }
         b->pages = blen / h.page_size;
@@ -556,7 +717,8 @@ static int accept_channels(mfd_session *s)
         /* Entries [0, ppp) build the iovecs, [ppp, 2 ppp) are consumed. */
         ch->iov = calloc(2 * (size_t)s->ppp, sizeof(struct iovec));
         ch->fd = fd;
-        if (!ch->packet || !ch->iov)
+        ch->bounce = malloc(MFD_PACKET_BYTES);
+        if (!ch->packet || !ch->iov || !ch->bounce)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
         if (pthread_create(&ch->thread, NULL, recv_thread, ch))
@@ -643,6 +805,8 @@ static int on_digests(mfd_session *s, const uint8_t *body, uint32_t len)
     if (len != 8 * (uint32_t)s->nblocks)
         return mfd__fail(s, MFD_EPROTO, "DIGESTS: body length %u for %d blocks",
                          len, s->nblocks);
+    /* Every pass is applied; reading never-placed pages must not SIGBUS. */
+    placement_done(s);
     for (int i = 0; i < s->nblocks; i++) {
         uint64_t want = mfd__get_be64(body + 8 * i);
         uint64_t got = XXH3_64bits(s->blocks[i].host, s->blocks[i].length);
@@ -814,11 +978,13 @@ int mfd__incoming(mfd_session *s)
     if (rc || mfd__failed(s)) {
         mfd__send_error_record(s);
         mfd__session_release_runtime(s);
+        placement_done(s);
         s->t_end = mfd__now_us();
         return -s->err_code;
     }
     s->t_end = mfd__now_us();
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
     mfd__session_release_runtime(s);
+    placement_done(s);
     return 0;
 }

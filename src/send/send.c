@@ -636,8 +636,10 @@ void mfd__session_release_runtime(mfd_session *s)
         ch->fd = -1;
         free(ch->packet);
         free(ch->iov);
+        free(ch->bounce);
         ch->packet = NULL;
         ch->iov = NULL;
+        ch->bounce = NULL;
     }
     batch_free(s->cur);
     s->cur = NULL;
