@@ -112,7 +112,18 @@ MFD_API void mfd_session_free(mfd_session *s)
     if (!s)
         return;
     mfd__session_release_runtime(s);
+    for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
+        pthread_mutex_destroy(&s->sc[i].lock);
+        pthread_cond_destroy(&s->sc[i].cond);
+        sem_destroy(&s->sc[i].sem_sync);
+    }
+    if (s->sem_inited)
+        sem_destroy(&s->channels_ready);
+    free(s->sc);
+    free(s->rc);
     free_blocks(s);
+    if (s->uffd >= 0)
+        close(s->uffd);
     if (s->listen_fd >= 0) {
         close(s->listen_fd);
         if (!strncmp(s->listen_uri, "unix:", 5))

@@ -39,9 +39,15 @@
 /* sw[k][b]: the register after byte b followed by k zero bytes. */
 static uint32_t sw[8][256];
 
-/* Shifts by LONG_BLOCK and SHORT_BLOCK zero bytes, one table per byte of x. */
-static uint32_t shift_long[4][256];
-static uint32_t shift_short[4][256];
+/*
+ * A shift by a fixed number of zero bytes, one table per byte of x. It is a
+ * struct so that it can be passed as const without a pedantic warning.
+ */
+struct shift_table {
+    uint32_t t[4][256];
+};
+
+static struct shift_table shift_long, shift_short;
 
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
@@ -115,20 +121,20 @@ static void shift_tables_init(void)
         if (n == SHORT_BLOCK)
             for (k = 0; k < 4; k++)
                 for (b = 0; b < 256; b++)
-                    shift_short[k][b] = map_apply(col, (uint32_t)b << 8 * k);
+                    shift_short.t[k][b] = map_apply(col, (uint32_t)b << 8 * k);
         for (j = 0; j < 32; j++)
             sq[j] = map_apply(col, col[j]);
         memcpy(col, sq, sizeof(col));
     }
     for (k = 0; k < 4; k++)
         for (b = 0; b < 256; b++)
-            shift_long[k][b] = map_apply(col, (uint32_t)b << 8 * k);
+            shift_long.t[k][b] = map_apply(col, (uint32_t)b << 8 * k);
 }
 
-static inline uint32_t shift(const uint32_t t[4][256], uint32_t x)
+static inline uint32_t shift(const struct shift_table *s, uint32_t x)
 {
-    return t[0][x & 0xff] ^ t[1][(x >> 8) & 0xff] ^ t[2][(x >> 16) & 0xff] ^
-           t[3][x >> 24];
+    return s->t[0][x & 0xff] ^ s->t[1][(x >> 8) & 0xff] ^
+           s->t[2][(x >> 16) & 0xff] ^ s->t[3][x >> 24];
 }
 
 #if defined(__x86_64__)
@@ -140,7 +146,7 @@ static inline uint32_t shift(const uint32_t t[4][256], uint32_t x)
  */
 __attribute__((target("sse4.2")))
 static inline uint32_t hw_round(uint32_t c, const unsigned char *p,
-                                size_t block, const uint32_t t[4][256])
+                                size_t block, const struct shift_table *t)
 {
     uint64_t c0 = c, c1 = 0, c2 = 0;
     size_t i;
@@ -160,10 +166,10 @@ static uint32_t crc_hw(uint32_t crc, const void *buf, size_t len)
     uint64_t c = ~crc;
 
     for (; len >= 3 * LONG_BLOCK; p += 3 * LONG_BLOCK, len -= 3 * LONG_BLOCK)
-        c = hw_round((uint32_t)c, p, LONG_BLOCK, shift_long);
+        c = hw_round((uint32_t)c, p, LONG_BLOCK, &shift_long);
     for (; len >= 3 * SHORT_BLOCK; p += 3 * SHORT_BLOCK,
                                    len -= 3 * SHORT_BLOCK)
-        c = hw_round((uint32_t)c, p, SHORT_BLOCK, shift_short);
+        c = hw_round((uint32_t)c, p, SHORT_BLOCK, &shift_short);
     for (; len >= 8; p += 8, len -= 8)
         c = _mm_crc32_u64(c, load64le(p));
     while (len--)

@@ -59,8 +59,8 @@ static inline bool small_is_zero(const unsigned char *p, size_t len)
 }
 
 /*
- * The portable variant and the reference the tests compare the others to.
- * Loads are 64-bit words, four per iteration.
+ * The portable variant, and the only one off x86-64. Loads are 64-bit
+ * words, four per iteration.
  */
 static bool is_zero_scalar(const void *buf, size_t len)
 {
@@ -82,8 +82,8 @@ static bool is_zero_scalar(const void *buf, size_t len)
         return false;
 
     /*
-     * Go on from the first word boundary inside the 64 bytes just tested;
-     * for a page that leaves 4032 bytes, a whole number of iterations.
+     * Go on from the last word boundary at or before p + 64; for a page
+     * that leaves 4032 bytes, a whole number of iterations.
      */
     a = p + 64 - ((uintptr_t)p & 7);
     for (; end - a >= 32; a += 32) {
