@@ -437,7 +437,7 @@ static int setup_record(mfd_session *s, uint32_t want, const char *what,
     if (type != want) {
         free(*body);
         *body = NULL;
-        if (!(type & MFD_REC_OPTIONAL) || type == MFD_REC_HEARTBEAT)
+        if (!(type & MFD_REC_OPTIONAL))
             return mfd__fail(s, MFD_EPROTO,
                              "main channel: expected %s, got record type "
                              "0x%x",

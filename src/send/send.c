@@ -342,6 +342,12 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
         *body = NULL;
         return r;
     }
+    if (type != want && (type & MFD_REC_OPTIONAL)) {
+        /* An unknown optional record is skipped, in either direction. */
+        free(*body);
+        *body = NULL;
+        return expect_record(s, want, what, timeout_ms, body, len);
+    }
     if (type != want) {
         free(*body);
         *body = NULL;

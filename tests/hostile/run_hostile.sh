@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# run_hostile.sh MULTIFD HOSTILE
+#
+# Runs every hostile case against the real `multifd` binary, each bounded by
+# `timeout`, and prints one line per case (`PASS name` / `FAIL name: why`),
+# then `N passed, N failed`. Exit status is non-zero if any case failed.
+#
+# Source cases: `multifd recv` listens, the hostile client plays the source.
+# Destination cases (`dest-*`): the hostile program listens and plays the
+# destination for a real `multifd send`.
+#
+# Set HOSTILE_ONLY to a regular expression to run only the matching cases,
+# and HOSTILE_KEEP=1 to keep the temporary directory for inspection.
+set -u
+
+if [ $# -ne 2 ]; then
+    echo "usage: $0 MULTIFD HOSTILE" >&2
+    exit 2
+fi
+MFD=$1
+HOST=$2
+for b in "$MFD" "$HOST"; do
+    if [ ! -x "$b" ]; then
+        echo "$0: $b is not an executable" >&2
+        exit 2
+    fi
+done
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/hostile.XXXXXX") || exit 2
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null
+    done
+    if [ "${HOSTILE_KEEP:-0}" = 1 ]; then
+        echo "kept $T" >&2
+    else
+        rm -rf "$T"
+    fi
+}
+trap cleanup EXIT
+
+PASSED=0
+FAILED=0
+ONLY=${HOSTILE_ONLY:-}
+
+# Timeouts in seconds.
+RECV_TMO=40
+CLIENT_TMO=45
+SEND_TMO=40
+
+pass() {
+    PASSED=$((PASSED + 1))
+    echo "PASS $1${2:+ ($2)}"
+}
+
+fail() {
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1: $2"
+}
+
+selected() {
+    [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]
+}
+
+# Describes an exit status the way a reader wants to see it.
+status_text() {
+    case $1 in
+    124) echo "timed out (status 124)" ;;
+    0 | 1 | 2) echo "status $1" ;;
+    *) if [ "$1" -gt 128 ]; then echo "killed by signal $(($1 - 128))"; else echo "status $1"; fi ;;
+    esac
+}
+
+# Prints the first line of a file, shortened, for failure messages.
+first_line() {
+    head -n 1 "$1" 2>/dev/null | cut -c1-200
+}
+
+# check_stderr FILE PREFIX WANT_ERRORS -> prints a problem, or nothing.
+# WANT_ERRORS is 0 (success run) or 1 (failure run: exactly one error line).
+check_stderr() {
+    local f=$1 prefix=$2 want=$3 n bad
+    if grep -Eq 'AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error' "$f"; then
+        echo "sanitizer report on stderr: $(grep -Em1 'Sanitizer|runtime error' "$f" | cut -c1-200)"
+        return
+    fi
+    n=$(grep -c 'error:' "$f")
+    if [ "$want" = 0 ] && [ "$n" -ne 0 ]; then
+        echo "error line on a successful run: $(grep -m1 'error:' "$f" | cut -c1-200)"
+        return
+    fi
+    if [ "$want" = 1 ] && [ "$n" -ne 1 ]; then
+        echo "$n lines containing 'error:' on stderr (want exactly 1): $(tr '\n' '|' <"$f" | cut -c1-300)"
+        return
+    fi
+    if [ "$want" = 1 ] && ! grep -q "^$prefix: error: " "$f"; then
+        echo "error line does not start with '$prefix: error: ': $(grep -m1 'error:' "$f" | cut -c1-200)"
+        return
+    fi
+    bad=$(grep -v -e '^multifd: ' -e "^$prefix: error: " "$f" | head -n 1)
+    if [ -n "$bad" ]; then
+        echo "stderr line outside the contract: $(echo "$bad" | cut -c1-200)"
+    fi
+}
+
+# What the hostile peer saw of the ERROR record, for the PASS line.
+error_record_note() {
+    local f=$1
+    if grep -q '^ERROR-RECORD' "$f"; then
+        echo "ERROR record: $(grep -m1 '^ERROR-RECORD' "$f" | cut -c14-140)"
+    elif grep -q '^NO-ERROR-RECORD' "$f"; then
+        echo "note: no ERROR record, $(grep -m1 '^NO-ERROR-RECORD' "$f" | cut -c18-100)"
+    fi
+}
+
+# Waits until FILE exists and is non-empty, or PID died, up to 10 s.
+wait_file() {
+    local f=$1 pid=$2 i
+    for i in $(seq 1 200); do
+        [ -s "$f" ] && return 0
+        kill -0 "$pid" 2>/dev/null || { [ -s "$f" ]; return; }
+        sleep 0.05
+    done
+    return 1
+}
+
+# Compares every expected block file with the received one, and no extras.
+compare_dirs() {
+    local exp=$1 out=$2 f n=0
+    for f in "$exp"/*; do
+        [ -e "$f" ] || continue
+        n=$((n + 1))
+        if [ ! -f "$out/$(basename "$f")" ]; then
+            echo "block $(basename "$f") missing from the destination directory"
+            return
+        fi
+        if ! cmp -s "$f" "$out/$(basename "$f")"; then
+            echo "block $(basename "$f") differs: $(cmp "$f" "$out/$(basename "$f")" 2>&1 | head -n 1)"
+            return
+        fi
+    done
+    if [ "$n" -eq 0 ]; then
+        echo "no expected block files were written"
+        return
+    fi
+    for f in "$out"/*; do
+        [ -e "$f" ] || continue
+        if [ ! -e "$exp/$(basename "$f")" ]; then
+            echo "unexpected file $(basename "$f") in the destination directory"
+            return
+        fi
+    done
+}
+
+# run_src LABEL CASE TRANSPORT EXPECT [KEYWORDS]
+#   EXPECT: ok        recv exits 0, DONE, every block byte-identical
+#           err       recv exits 1 with one error line matching KEYWORDS (ERE, any case)
+#           soft      as err, but a KEYWORDS mismatch is only reported
+#           ok-or-err either a clean ok, or a clean err matching KEYWORDS
+run_src() {
+    local label=$1 case=$2 transport=$3 expect=$4 kw=${5:-}
+    local d="$T/src.$label" listen uri rpid rrc hrc why
+    selected "$label" || return 0
+    mkdir -p "$d/out" "$d/exp"
+    if [ "$transport" = tcp ]; then listen=tcp:127.0.0.1:0; else listen="unix:$d/sock"; fi
+    timeout -k 2 "$RECV_TMO" "$MFD" recv --listen "$listen" --into "$d/out" --uri-file "$d/uri" \
+        >"$d/recv.out" 2>"$d/recv.err" &
+    rpid=$!
+    PIDS+=("$rpid")
+    if ! wait_file "$d/uri" "$rpid"; then
+        kill "$rpid" 2>/dev/null
+        wait "$rpid" 2>/dev/null
+        fail "$label" "recv wrote no --uri-file: $(first_line "$d/recv.err")"
+        return
+    fi
+    uri=$(cat "$d/uri")
+    timeout -k 2 "$CLIENT_TMO" "$HOST" "$case" "$uri" "$d/exp" >"$d/h.out" 2>"$d/h.err"
+    hrc=$?
+    wait "$rpid"
+    rrc=$?
+
+    if [ "$hrc" -eq 2 ] || [ -s "$d/h.err" ]; then
+        fail "$label" "hostile client broke: $(first_line "$d/h.err")"
+        return
+    fi
+    local refused=
+    if [ "$expect" = ok-or-err ]; then
+        if [ "$rrc" -eq 0 ]; then expect=ok; else expect=err; refused="refused, allowed: "; fi
+    fi
+    if [ "$expect" = ok ]; then
+        if [ "$hrc" -ne 0 ]; then
+            fail "$label" "$(grep -m1 '^HOSTILE-FAIL' "$d/h.out" | cut -c15-300) [recv $(status_text "$rrc"): $(grep -m1 'error:' "$d/recv.err" | cut -c1-200)]"
+            return
+        fi
+        if [ "$rrc" -ne 0 ]; then
+            fail "$label" "recv $(status_text "$rrc") after DONE: $(first_line "$d/recv.err")"
+            return
+        fi
+        why=$(check_stderr "$d/recv.err" "multifd recv" 0)
+        [ -z "$why" ] && why=$(compare_dirs "$d/exp" "$d/out")
+        if [ -n "$why" ]; then
+            fail "$label" "$why"
+            return
+        fi
+        pass "$label" "$(grep -h '^NOTE' "$d/h.out" | head -n 2 | tr '\n' ' ')"
+        return
+    fi
+
+    # A failure is expected.
+    if grep -q '^DONE' "$d/h.out"; then
+        fail "$label" "destination sent DONE"
+        return
+    fi
+    if [ "$rrc" -ne 1 ]; then
+        fail "$label" "recv $(status_text "$rrc"), want status 1; stderr: $(tr '\n' '|' <"$d/recv.err" | cut -c1-200)"
+        return
+    fi
+    why=$(check_stderr "$d/recv.err" "multifd recv" 1)
+    if [ -n "$why" ]; then
+        fail "$label" "$why"
+        return
+    fi
+    # A refusal in an ok-or-err case makes the hostile peer fail too.
+    if [ "$hrc" -ne 0 ] && [ -z "$refused" ]; then
+        fail "$label" "$(grep -m1 '^HOSTILE-FAIL' "$d/h.out" | cut -c15-300)"
+        return
+    fi
+    local line note
+    line=$(grep -m1 'error:' "$d/recv.err")
+    note=$(error_record_note "$d/h.out")
+    [ -n "$refused" ] && note="$refused${line#multifd recv: error: }; $note"
+    if [ -n "$kw" ] && ! echo "$line" | grep -Eiq -- "$kw"; then
+        if [ "$expect" = soft ]; then
+            note="soft: error line lacks /$kw/: ${line#multifd recv: error: }; $note"
+        else
+            fail "$label" "error line lacks /$kw/: $line"
+            return
+        fi
+    fi
+    if [ "$case" = block-name-slash ] && [ -e "$d/escape" ]; then
+        fail "$label" "block named '../escape' was written outside --into"
+        return
+    fi
+    pass "$label" "$note"
+}
+
+# run_dst LABEL CASE EXPECT KEYWORDS TIMEOUT TRANSPORT -- SEND-ARGS...
+#   EXPECT: ok   send exits 0 and the hostile destination rebuilt every file
+#           err  send exits 1 within TIMEOUT with one error line matching KEYWORDS
+#           soft as err, a KEYWORDS mismatch is only reported
+run_dst() {
+    local label=$1 case=$2 expect=$3 kw=$4 tmo=$5 transport=$6
+    shift 7
+    local d="$T/dst.$label" listen uri hpid hrc src why i t0 t1
+    selected "$label" || return 0
+    mkdir -p "$d/out"
+    if [ "$transport" = tcp ]; then listen=tcp:127.0.0.1:0; else listen="unix:$d/sock"; fi
+    timeout -k 2 "$CLIENT_TMO" "$HOST" "$case" "$listen" "$d/out" >"$d/h.out" 2>"$d/h.err" &
+    hpid=$!
+    PIDS+=("$hpid")
+    uri=
+    for i in $(seq 1 200); do
+        uri=$(sed -n 's/^LISTENING //p' "$d/h.out" 2>/dev/null)
+        [ -n "$uri" ] && break
+        kill -0 "$hpid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if [ -z "$uri" ]; then
+        kill "$hpid" 2>/dev/null
+        wait "$hpid" 2>/dev/null
+        fail "$label" "hostile destination did not listen: $(first_line "$d/h.err")"
+        return
+    fi
+    t0=$(date +%s%N)
+    timeout -k 2 "$tmo" "$MFD" send --to "$uri" "$@" >"$d/send.out" 2>"$d/send.err"
+    src=$?
+    t1=$(date +%s%N)
+    wait "$hpid"
+    hrc=$?
+    local ms=$(((t1 - t0) / 1000000))
+
+    if [ "$hrc" -eq 2 ] || [ -s "$d/h.err" ]; then
+        fail "$label" "hostile destination broke: $(first_line "$d/h.err")"
+        return
+    fi
+    local refused=
+    if [ "$expect" = ok-or-err ]; then
+        if [ "$src" -eq 0 ]; then expect=ok; else expect=err; refused="refused, allowed: "; fi
+    fi
+    if [ "$expect" = ok ]; then
+        if [ "$hrc" -ne 0 ]; then
+            fail "$label" "$(grep -m1 '^HOSTILE-FAIL' "$d/h.out" | cut -c15-300) [send $(status_text "$src"): $(grep -m1 'error:' "$d/send.err" | cut -c1-200)]"
+            return
+        fi
+        if [ "$src" -ne 0 ]; then
+            fail "$label" "send $(status_text "$src") after DONE: $(tr '\n' '|' <"$d/send.err" | cut -c1-200)"
+            return
+        fi
+        why=$(check_stderr "$d/send.err" "multifd send" 0)
+        if [ -z "$why" ]; then
+            local f
+            for f in "$@"; do
+                case $f in -*) continue ;; esac
+                [ -f "$f" ] || continue
+                if ! cmp -s "$f" "$d/out/$(basename "$f")"; then
+                    why="block $(basename "$f") differs from what arrived"
+                    break
+                fi
+            done
+        fi
+        if [ -n "$why" ]; then
+            fail "$label" "$why"
+            return
+        fi
+        pass "$label" "$(grep -h -e '^STATS' -e '^NOTE' "$d/h.out" | head -n 2 | tr '\n' ' ')"
+        return
+    fi
+    if [ "$src" -ne 1 ]; then
+        fail "$label" "send $(status_text "$src") after ${ms} ms, want status 1 within ${tmo} s; stderr: $(tr '\n' '|' <"$d/send.err" | cut -c1-200)"
+        return
+    fi
+    why=$(check_stderr "$d/send.err" "multifd send" 1)
+    if [ -n "$why" ]; then
+        fail "$label" "$why"
+        return
+    fi
+    if [ "$hrc" -ne 0 ] && [ -z "$refused" ]; then
+        fail "$label" "$(grep -m1 '^HOSTILE-FAIL' "$d/h.out" | cut -c15-300)"
+        return
+    fi
+    local line note="${ms} ms"
+    line=$(grep -m1 'error:' "$d/send.err")
+    [ -n "$refused" ] && note="$refused${line#multifd send: error: }; $note"
+    if [ -n "$kw" ] && ! echo "$line" | grep -Eiq -- "$kw"; then
+        if [ "$expect" = soft ]; then
+            note="$note; soft: error line lacks /$kw/: ${line#multifd send: error: }"
+        else
+            fail "$label" "error line lacks /$kw/: $line"
+            return
+        fi
+    fi
+    pass "$label" "$note"
+}
+
+if ! "$HOST" selftest >"$T/selftest.out" 2>&1; then
+    fail selftest "$(first_line "$T/selftest.out")"
+else
+    pass selftest
+fi
+
+# Files for the real `multifd send`.
+mkdir -p "$T/files" "$T/big"
+"$HOST" gen "$T/files" || { echo "hostile gen failed" >&2; exit 2; }
+head -c $((64 << 20)) /dev/urandom >"$T/big/big0"
+F=("$T/files/ram0" "$T/files/ram1" "$T/files/ram2")
+
+# --- Source cases: positive interop, every byte verified -----------------
+run_src valid-multifd valid-multifd unix ok
+run_src valid-multifd-tcp valid-multifd tcp ok
+run_src valid-legacy valid-legacy unix ok
+run_src valid-none valid-none unix ok
+run_src valid-crc-verify valid-crc-verify unix ok
+run_src valid-crc-verify-tcp valid-crc-verify tcp ok
+run_src valid-crc-2pass valid-crc-2pass unix ok
+run_src valid-2pass valid-2pass unix ok
+run_src valid-2pass-legacy valid-2pass-legacy unix ok
+run_src valid-sync-with-pages valid-sync-with-pages unix ok
+run_src valid-reverse-channels valid-reverse-channels unix ok
+run_src valid-1-channel valid-1-channel unix ok
+run_src valid-version-future valid-version-future unix ok
+run_src valid-device-chunks valid-device-chunks unix ok
+run_src valid-16k-pages valid-16k-pages unix ok-or-err 'page'
+run_src valid-big valid-big unix ok
+run_src valid-big-legacy valid-big-legacy unix ok
+run_src valid-big-2pass-tcp valid-big-2pass tcp ok
+
+# --- Source cases: hostility the session must survive ---------------------
+run_src optional-record optional-record unix ok
+run_src optional-heartbeat optional-heartbeat unix ok-or-err ''
+run_src stray-magic stray-magic unix ok
+run_src stray-magic-tcp stray-magic tcp ok
+run_src stray-short stray-short unix ok
+run_src stray-foreign-uuid stray-foreign-uuid unix ok
+run_src stray-data-version stray-data-version unix ok
+run_src stray-late-garbage stray-late-garbage unix ok
+run_src stray-late-foreign stray-late-foreign unix ok
+run_src stray-late-idle stray-late-idle unix ok
+
+# --- Source cases: the session must fail cleanly --------------------------
+run_src complete-mismatch complete-mismatch unix err 'complete|mismatch'
+run_src digest-mismatch digest-mismatch unix err 'digest'
+run_src version-zero version-zero unix soft 'version'
+run_src chan-id-range chan-id-range unix err 'channel id'
+run_src chan-dup chan-dup unix err 'duplicate'
+run_src pkt-magic pkt-magic unix err 'magic'
+run_src pkt-version pkt-version unix err 'version'
+run_src pkt-flags pkt-flags unix err 'flags'
+run_src pkt-pages-alloc pkt-pages-alloc unix err 'pages_alloc'
+run_src pkt-normal-pages pkt-normal-pages unix err 'normal_pages'
+run_src pkt-zero-pages pkt-zero-pages unix err 'zero_pages'
+run_src pkt-unknown-block pkt-unknown-block unix err 'unknown block'
+run_src pkt-unaligned pkt-unaligned unix err 'aligned'
+run_src pkt-beyond pkt-beyond unix err 'beyond'
+run_src pkt-zero-beyond pkt-zero-beyond unix err 'beyond'
+run_src pkt-zero-unaligned pkt-zero-unaligned unix err 'aligned'
+run_src pkt-next-size pkt-next-size unix err 'next_packet_size'
+run_src pkt-method pkt-method unix soft 'method|flags'
+run_src pkt-name-nonul pkt-name-nonul unix err ''
+run_src pkt-crc-header pkt-crc-header unix err 'crc'
+run_src pkt-crc-header-tcp pkt-crc-header tcp err 'crc'
+run_src pkt-crc-payload pkt-crc-payload unix err 'crc'
+run_src pkt-crc-scope pkt-crc-scope unix soft 'crc|scope'
+run_src pkt-trunc-header pkt-trunc-header unix err 'closed'
+run_src pkt-trunc-payload pkt-trunc-payload unix err 'closed'
+run_src rec-unknown-type rec-unknown-type unix err 'record type'
+run_src rec-oversize rec-oversize unix err 'length'
+run_src rec-short-body rec-short-body unix err ''
+run_src rec-trailing-body rec-trailing-body unix err ''
+run_src legacy-zero-beyond legacy-zero-beyond unix err 'beyond'
+run_src legacy-zero-unaligned legacy-zero-unaligned unix err 'aligned'
+run_src legacy-zero-block legacy-zero-block unix err ''
+run_src legacy-zero-count0 legacy-zero-count0 unix err ''
+run_src legacy-zero-count-len legacy-zero-count-len unix err ''
+run_src source-cancel source-cancel unix soft 'cancel'
+run_src source-error source-error unix soft 'hostile-source-gives-up'
+run_src main-garbage main-garbage unix err ''
+run_src main-garbage-tcp main-garbage tcp err ''
+run_src main-closed main-closed unix err 'closed'
+run_src data-closed data-closed unix err 'closed'
+run_src hello-short hello-short unix err ''
+run_src hello-trailing hello-trailing unix err ''
+run_src hello-pagesize hello-pagesize unix soft 'page'
+run_src hello-ppp hello-ppp unix soft 'pages_per_packet'
+run_src hello-channels0 hello-channels0 unix soft 'channel'
+run_src hello-channels256 hello-channels256 unix soft 'channel'
+run_src hello-method hello-method unix soft 'method'
+run_src hello-blocks0 hello-blocks0 unix soft 'block'
+run_src block-index block-index unix err ''
+run_src block-dupname block-dupname unix err ''
+run_src block-unaligned block-unaligned unix err ''
+run_src block-zero-len block-zero-len unix err ''
+run_src block-name-slash block-name-slash unix err ''
+run_src block-missing block-missing unix err ''
+run_src source-killed source-killed unix soft 'closed'
+
+# --- Destination cases: a real `multifd send` against this peer -----------
+run_dst dest-valid dest-valid ok '' "$SEND_TMO" unix -- --channels 3 "${F[@]}"
+run_dst dest-valid-1ch dest-valid ok '' "$SEND_TMO" unix -- --channels 1 "${F[@]}"
+run_dst dest-valid-8ch-tcp dest-valid ok '' "$SEND_TMO" tcp -- --channels 8 "${F[@]}"
+run_dst dest-valid-none dest-valid-none ok '' "$SEND_TMO" unix -- --channels 3 --zero-page-detection none "${F[@]}"
+run_dst dest-valid-legacy dest-valid-legacy ok '' "$SEND_TMO" unix -- --channels 3 --zero-page-detection legacy "${F[@]}"
+run_dst dest-valid-multifd dest-valid-multifd ok '' "$SEND_TMO" unix -- --channels 3 --zero-page-detection multifd "${F[@]}"
+run_dst dest-crc-verify dest-crc-verify ok '' "$SEND_TMO" unix -- --channels 3 --crc --verify "${F[@]}"
+run_dst dest-subset dest-subset ok '' "$SEND_TMO" unix -- --channels 2 --crc --verify "${F[@]}"
+run_dst dest-error dest-error err 'disk on fire' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-killed dest-killed err '' 10 unix -- --channels 2 "$T/big/big0"
+run_dst dest-no-done dest-no-done err '' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-bad-preamble dest-bad-preamble soft 'magic|preamble' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-version-high dest-version-high soft 'version' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-garbage dest-garbage err '' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-optional-ready dest-optional-ready ok '' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-optional-done dest-optional-done ok '' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-heartbeat dest-heartbeat ok-or-err '' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+run_dst dest-error-complete dest-error-complete err 'rejects the switchover' "$SEND_TMO" unix -- --channels 2 "${F[@]}"
+
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
