@@ -220,10 +220,11 @@ int cmd_bench(int argc, char **argv)
             if (st) {
                 mfd_get_stats(s, st);
                 gbps[r] = (double)size / ((double)st->total_time_us * 1e3);
-                printf("run %d: %.3f s, %.2f GB/s (%" PRIu64 " normal, %" PRIu64
-                       " zero pages), verified\n",
-                       r + 1, st->total_time_us / 1e6, gbps[r],
-                       st->normal_pages, st->zero_pages);
+                printf("run %d: %.3f s (setup %.3f s), %.2f GB/s (%" PRIu64
+                       " normal, %" PRIu64 " zero pages), verified\n",
+                       r + 1, st->total_time_us / 1e6,
+                       st->setup_time_us / 1e6, gbps[r], st->normal_pages,
+                       st->zero_pages);
                 fflush(stdout);
                 free(st);
             }

@@ -197,8 +197,7 @@ static void wake_all(mfd_session *s)
         if (s->rc[i].fd >= 0)
             shutdown(s->rc[i].fd, SHUT_RDWR);
     if (s->sem_inited)
-        for (uint32_t i = 0; i <= s->nchan; i++)
-            sem_post(&s->channels_ready);
+        sem_post(&s->channels_ready);
     pthread_mutex_lock(&s->lock);
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);

@@ -7,9 +7,8 @@
  * Source: the caller's thread of mfd_migrate() is the migration thread. It
  * owns the main channel for writing and `cur`, the batch it fills. Each
  * send channel thread owns its socket, packet buffer and iovec array. A
- * batch changes hands by pointer swap under the channel's lock: while
- * (pending & MFD_JOB_BATCH) the channel thread owns ch->batch, otherwise
- * the migration thread may swap it with `cur`. The return-path thread owns
+ * batch changes hands by pointer swap under the channel's lock with a free
+ * slot of the channel's queue (see mfd_send_chan). The return-path thread owns
  * reading the main channel after READY.
  *
  * Destination: the caller's thread of mfd_incoming() is the main thread. It
@@ -72,8 +71,13 @@ typedef struct mfd_batch {
     uint64_t *offset; /* pages_per_packet entries */
 } mfd_batch;
 
-#define MFD_JOB_BATCH 1u
-#define MFD_JOB_SYNC 2u
+/*
+ * Batches a channel holds at once: the one it is sending and one queued
+ * behind it, so the channel never sleeps between packets waiting for the
+ * migration thread to wake up (a wake-up costs more than a packet's work on
+ * a virtual machine).
+ */
+#define MFD_CHAN_DEPTH 2
 
 typedef struct mfd_send_chan {
     struct mfd_session *s;
@@ -81,11 +85,18 @@ typedef struct mfd_send_chan {
     int fd;
     pthread_t thread;
     bool started;
-    pthread_mutex_t lock; /* protects pending, quit, the batch swap */
+    pthread_mutex_t lock; /* protects queued, head, sync, quit, slot swaps */
     pthread_cond_t cond;
-    unsigned pending;
+    /*
+     * slot[(head + k) % DEPTH] for k < queued are batches handed to the
+     * channel, slot[head] the one being sent; the channel thread owns them.
+     * The other slots hold empty batches the migration thread swaps with
+     * its filled one.
+     */
+    mfd_batch *slot[MFD_CHAN_DEPTH];
+    uint32_t head, queued;
+    bool sync; /* a SYNC packet is due once the queue is empty */
     bool quit;
-    mfd_batch *batch;
     sem_t sem_sync;       /* posted when the SYNC packet is written */
     uint8_t *packet;      /* packet_len bytes, reused */
     uint32_t prev_listed; /* offsets written last time, to zero the tail */

@@ -307,6 +307,9 @@ static int recv_one(mfd_recv_chan *ch)
 static void *recv_thread(void *arg)
 {
     mfd_recv_chan *ch = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "mfd-recv/%u", ch->id);
+    pthread_setname_np(pthread_self(), name);
     while (!recv_one(ch))
         ;
     return NULL;

@@ -101,10 +101,9 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
     return 0;
 }
 
-static int send_batch(mfd_send_chan *ch)
+static int send_batch(mfd_send_chan *ch, mfd_batch *b)
 {
     mfd_session *s = ch->s;
-    mfd_batch *b = ch->batch;
     mfd_block *blk = &s->blocks[b->block];
     uint32_t ps = (uint32_t)s->page_size;
     uint32_t normal = b->num;
@@ -139,29 +138,34 @@ static void *send_thread(void *arg)
 {
     mfd_send_chan *ch = arg;
     mfd_session *s = ch->s;
+    char name[16];
+    snprintf(name, sizeof(name), "mfd-send/%u", ch->id);
+    pthread_setname_np(pthread_self(), name);
 
     for (;;) {
         pthread_mutex_lock(&ch->lock);
-        while (!ch->pending && !ch->quit && !mfd__failed(s))
+        while (!ch->queued && !ch->sync && !ch->quit && !mfd__failed(s))
             pthread_cond_wait(&ch->cond, &ch->lock);
-        unsigned jobs = ch->pending;
+        mfd_batch *b = ch->queued ? ch->slot[ch->head] : NULL;
+        bool sync = !b && ch->sync;
         pthread_mutex_unlock(&ch->lock);
-        if (!jobs || mfd__failed(s))
+        if ((!b && !sync) || mfd__failed(s))
             break;
 
-        if (jobs & MFD_JOB_BATCH) {
-            int rc = send_batch(ch);
+        if (b) {
+            int rc = send_batch(ch, b);
             pthread_mutex_lock(&ch->lock);
-            ch->pending &= ~MFD_JOB_BATCH;
+            ch->head = (ch->head + 1) % MFD_CHAN_DEPTH;
+            ch->queued--;
             pthread_mutex_unlock(&ch->lock);
             if (rc)
                 break;
             sem_post(&s->channels_ready);
-        }
-        if (jobs & MFD_JOB_SYNC) {
+        } else {
+            /* Every batch handed before the SYNC request is on the wire. */
             int rc = send_sync(ch);
             pthread_mutex_lock(&ch->lock);
-            ch->pending &= ~MFD_JOB_SYNC;
+            ch->sync = false;
             pthread_mutex_unlock(&ch->lock);
             if (rc)
                 break;
@@ -173,24 +177,27 @@ static void *send_thread(void *arg)
 
 /* ---- migration thread -------------------------------------------------- */
 
-/* Hands s->cur to the next idle channel, round robin, by pointer swap. */
+/*
+ * Hands s->cur to a channel by pointer swap: the next idle channel in round
+ * robin order, or failing that the next one with a free queue slot.
+ * channels_ready counts free slots, so one of them exists.
+ */
 static int queue_batch(mfd_session *s)
 {
-    for (;;) {
-        while (sem_wait(&s->channels_ready) && errno == EINTR)
-            ;
-        if (mfd__failed(s))
-            return -1;
+    while (sem_wait(&s->channels_ready) && errno == EINTR)
+        ;
+    for (uint32_t depth = 0; !mfd__failed(s); depth = (depth + 1) % MFD_CHAN_DEPTH) {
         for (uint32_t k = 0; k < s->nchan; k++) {
             uint32_t i = (s->next_chan + k) % s->nchan;
             mfd_send_chan *ch = &s->sc[i];
             pthread_mutex_lock(&ch->lock);
-            if (!(ch->pending & MFD_JOB_BATCH)) {
-                mfd_batch *t = ch->batch;
-                ch->batch = s->cur;
+            if (ch->queued <= depth) {
+                uint32_t free_slot = (ch->head + ch->queued) % MFD_CHAN_DEPTH;
+                mfd_batch *t = ch->slot[free_slot];
+                ch->slot[free_slot] = s->cur;
                 s->cur = t;
-                ch->pending |= MFD_JOB_BATCH;
-                pthread_cond_signal(&ch->cond);
+                if (!ch->queued++)
+                    pthread_cond_signal(&ch->cond);
                 pthread_mutex_unlock(&ch->lock);
                 s->next_chan = i + 1;
                 s->cur->num = 0;
@@ -199,6 +206,7 @@ static int queue_batch(mfd_session *s)
             pthread_mutex_unlock(&ch->lock);
         }
     }
+    return -1;
 }
 
 /* Ends a pass: SYNC on every channel, then ITERATION_END on main. */
@@ -207,7 +215,7 @@ static int sync_channels(mfd_session *s, uint64_t iteration)
     for (uint32_t i = 0; i < s->nchan; i++) {
         mfd_send_chan *ch = &s->sc[i];
         pthread_mutex_lock(&ch->lock);
-        ch->pending |= MFD_JOB_SYNC;
+        ch->sync = true;
         pthread_cond_signal(&ch->cond);
         pthread_mutex_unlock(&ch->lock);
     }
@@ -463,7 +471,7 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         pthread_cond_init(&ch->cond, NULL);
         sem_init(&ch->sem_sync, 0, 0);
     }
-    sem_init(&s->channels_ready, 0, n);
+    sem_init(&s->channels_ready, 0, n * MFD_CHAN_DEPTH);
     s->sem_inited = true;
     if (!(s->cur = batch_new(s->ppp)))
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
@@ -472,8 +480,9 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         mfd_send_chan *ch = &s->sc[i];
         ch->packet = calloc(1, plen);
         ch->iov = calloc(1 + s->ppp, sizeof(struct iovec));
-        ch->batch = batch_new(s->ppp);
-        if (!ch->packet || !ch->iov || !ch->batch)
+        for (int k = 0; k < MFD_CHAN_DEPTH; k++)
+            ch->slot[k] = batch_new(s->ppp);
+        if (!ch->packet || !ch->iov || !ch->slot[0] || !ch->slot[1])
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         int fd = mfd__sock_connect(u, err, sizeof(err));
         if (fd < 0)
@@ -508,6 +517,7 @@ static void *return_path(void *arg)
 {
     mfd_session *s = arg;
     char err[256];
+    pthread_setname_np(pthread_self(), "mfd-return");
     for (;;) {
         uint32_t type, len;
         uint8_t *body;
@@ -630,10 +640,12 @@ void mfd__session_release_runtime(mfd_session *s)
         ch->fd = -1;
         free(ch->packet);
         free(ch->iov);
-        batch_free(ch->batch);
+        for (int k = 0; k < MFD_CHAN_DEPTH; k++) {
+            batch_free(ch->slot[k]);
+            ch->slot[k] = NULL;
+        }
         ch->packet = NULL;
         ch->iov = NULL;
-        ch->batch = NULL;
     }
     for (uint32_t i = 0; s->rc && i < s->nchan; i++) {
         mfd_recv_chan *ch = &s->rc[i];
