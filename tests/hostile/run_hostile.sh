@@ -44,6 +44,10 @@ trap cleanup EXIT
 PASSED=0
 FAILED=0
 ONLY=${HOSTILE_ONLY:-}
+# HOSTILE_INTO=anon receives into fresh anonymous memory (userfaultfd
+# placement), HOSTILE_INTO=prealloc into preallocated memory (readv
+# placement); blocks are then checked by the digests recv prints.
+INTO=${HOSTILE_INTO:-dir}
 
 # Timeouts in seconds.
 RECV_TMO=40
@@ -127,6 +131,25 @@ wait_file() {
 }
 
 # Compares every expected block file with the received one, and no extras.
+compare_digests() {
+    local exp=$1 out=$2 f n=0 want got
+    for f in "$exp"/*; do
+        [ -e "$f" ] || continue
+        n=$((n + 1))
+        want=$(xxhsum -H3 "$f" 2>/dev/null | grep -oE '[0-9a-f]{16}' | head -n 1)
+        got=$(awk -v b="$(basename "$f")" '$1 == "digest" && $2 == b {print $3}' "$out")
+        if [ -z "$got" ]; then
+            echo "recv printed no digest for block $(basename "$f")"
+            return
+        fi
+        if [ "$want" != "$got" ]; then
+            echo "block $(basename "$f") differs: digest $got, expected $want"
+            return
+        fi
+    done
+    [ "$n" -eq 0 ] && echo "no expected block files were written"
+}
+
 compare_dirs() {
     local exp=$1 out=$2 f n=0
     for f in "$exp"/*; do
@@ -165,7 +188,10 @@ run_src() {
     selected "$label" || return 0
     mkdir -p "$d/out" "$d/exp"
     if [ "$transport" = tcp ]; then listen=tcp:127.0.0.1:0; else listen="unix:$d/sock"; fi
-    timeout -k 2 "$RECV_TMO" "$MFD" recv --listen "$listen" --into "$d/out" --uri-file "$d/uri" \
+    local into=("--into" "$d/out")
+    [ "$INTO" = anon ] && into=("--into" "anon:")
+    [ "$INTO" = prealloc ] && into=("--into" "anon:" "--prealloc")
+    timeout -k 2 "$RECV_TMO" "$MFD" recv --listen "$listen" "${into[@]}" --uri-file "$d/uri" \
         >"$d/recv.out" 2>"$d/recv.err" &
     rpid=$!
     PIDS+=("$rpid")
@@ -199,7 +225,11 @@ run_src() {
             return
         fi
         why=$(check_stderr "$d/recv.err" "multifd recv" 0)
-        [ -z "$why" ] && why=$(compare_dirs "$d/exp" "$d/out")
+        if [ "$INTO" = dir ]; then
+            [ -z "$why" ] && why=$(compare_dirs "$d/exp" "$d/out")
+        else
+            [ -z "$why" ] && why=$(compare_digests "$d/exp" "$d/recv.out")
+        fi
         if [ -n "$why" ]; then
             fail "$label" "$why"
             return
