@@ -160,7 +160,10 @@ typedef enum {
     MFD_PARAM_PREALLOC = 105,
     /*
      * "max-total-size": destination only; the largest total size of all
-     * blocks it accepts, in bytes. Default 16 TiB.
+     * blocks it accepts, in bytes. 0 (the default) means what this host can
+     * hold: its physical memory for anonymous memory, the free space of the
+     * filesystem for mfd_set_incoming_dir(). A source offering more is
+     * refused with an ERROR naming the total size.
      */
     MFD_PARAM_MAX_TOTAL_SIZE = 106,
     /*

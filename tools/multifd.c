@@ -321,6 +321,9 @@ static const char recv_usage[] =
     "  --listen URI        address to listen on (required)\n"
     "  --into DIR|anon:    where blocks go (required)\n"
     "  --prealloc          populate the memory before the migration starts\n"
+    "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
+    "                      default: physical memory, or the directory's\n"
+    "                      free space\n"
     "  --uri-file F        write the resolved listen URI to F once listening\n"
     "  --progress          print a progress line while running\n"
     "  --json              print the stats (and digests) as one JSON object\n"
@@ -347,13 +350,14 @@ static int cmd_recv(int argc, char **argv)
         {"listen", required_argument, 0, 'l'},
         {"into", required_argument, 0, 'i'},
         {"prealloc", no_argument, 0, 'a'},
+        {"max-total-size", required_argument, 0, 'm'},
         {"uri-file", required_argument, 0, 'u'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *listen = NULL, *into = NULL, *uri_file = NULL;
+    const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
     int c;
@@ -363,6 +367,7 @@ static int cmd_recv(int argc, char **argv)
         case 'l': listen = optarg; break;
         case 'i': into = optarg; break;
         case 'a': prealloc = true; break;
+        case 'm': max = optarg; break;
         case 'u': uri_file = optarg; break;
         case 'P': show_progress = true; break;
         case 'j': json = true; break;
@@ -393,6 +398,7 @@ static int cmd_recv(int argc, char **argv)
     int rc = 0;
     if ((!anon && mfd_set_incoming_dir(s, into)) ||
         (prealloc && mfd_set_param(s, MFD_PARAM_PREALLOC, 1)) ||
+        (max && mfd_set_param_by_name(s, "max-total-size", max)) ||
         mfd_listen(s, listen)) {
         rc = fail_line("recv", mfd_last_error(s));
         mfd_session_free(s);

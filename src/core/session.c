@@ -78,7 +78,6 @@ MFD_API mfd_session *mfd_session_new(void)
     s->channels = 2;
     s->zpd = MFD_ZPD_MULTIFD;
     s->page_size = 4096;
-    s->max_total_size = INT64_C(16) << 40;
     s->handshake_timeout = 10000;
     s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
@@ -273,7 +272,7 @@ static const param_desc params[] = {
     {MFD_PARAM_CRC, "crc", 0, 1, PF(crc)},
     {MFD_PARAM_VERIFY, "verify", 0, 1, PF(verify)},
     {MFD_PARAM_PREALLOC, "prealloc", 0, 1, PF(prealloc)},
-    {MFD_PARAM_MAX_TOTAL_SIZE, "max-total-size", 4096, INT64_C(1) << 60,
+    {MFD_PARAM_MAX_TOTAL_SIZE, "max-total-size", 0, INT64_C(1) << 60,
      PF(max_total_size)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
@@ -311,6 +310,10 @@ MFD_API int mfd_set_param(mfd_session *s, mfd_param p, int64_t value)
                               "parameter '%s': %" PRId64 " outside %" PRId64
                               "..%" PRId64,
                               d->name, value, d->min, d->max);
+    if (p == MFD_PARAM_PAGE_SIZE && s->nblocks)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "parameter 'page-size' set after blocks were "
+                              "added");
     if (p == MFD_PARAM_PAGE_SIZE && (value & (value - 1)))
         return mfd__set_error(s, MFD_EINVAL,
                               "parameter 'page-size': %" PRId64

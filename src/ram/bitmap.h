@@ -35,6 +35,13 @@ static inline void mfd__bitmap_clear(uint64_t *map, uint64_t bit)
     map[bit / 64] &= ~(UINT64_C(1) << (bit % 64));
 }
 
+/* Tests a bit that other threads may be setting in the same word. */
+static inline bool mfd__bitmap_test_atomic(const uint64_t *map, uint64_t bit)
+{
+    return (__atomic_load_n(&map[bit / 64], __ATOMIC_RELAXED) >> (bit % 64)) &
+           1;
+}
+
 /* Sets the bit atomically; returns whether it was already set. */
 static inline bool mfd__bitmap_test_and_set_atomic(uint64_t *map, uint64_t bit)
 {

@@ -22,6 +22,7 @@
 #include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -80,7 +81,7 @@ static void wait_release(mfd_recv_chan *ch)
  */
 static void apply_zero_page(mfd_block *b, uint64_t off, uint32_t ps)
 {
-    if (!mfd__bitmap_test(b->receivedmap, off / ps))
+    if (!mfd__bitmap_test_atomic(b->receivedmap, off / ps))
         return;
     if (b->fd >= 0 && fallocate(b->fd, FALLOC_FL_PUNCH_HOLE |
                                            FALLOC_FL_KEEP_SIZE,
@@ -130,11 +131,11 @@ static int place_pages(mfd_recv_chan *ch, mfd_block *b, uint32_t normal,
     uint32_t i = 0;
     while (i < normal) {
         uint64_t off = mfd__get_be64(offs + 8 * (size_t)i);
-        bool had = mfd__bitmap_test(b->receivedmap, off / ps);
+        bool had = mfd__bitmap_test_atomic(b->receivedmap, off / ps);
         uint32_t j = i + 1;
         while (j < normal &&
                mfd__get_be64(offs + 8 * (size_t)j) == off + (uint64_t)(j - i) * ps &&
-               mfd__bitmap_test(b->receivedmap, off / ps + (j - i)) == had)
+               mfd__bitmap_test_atomic(b->receivedmap, off / ps + (j - i)) == had)
             j++;
         const uint8_t *src = ch->bounce + (size_t)i * ps;
         uint64_t len = (uint64_t)(j - i) * ps;
@@ -549,6 +550,24 @@ static int map_block(mfd_session *s, mfd_block *b)
     return 0;
 }
 
+/*
+ * The most this destination accepts before it maps anything: every length
+ * is a peer's claim, and nothing is sized by it until it passed this bound.
+ */
+static uint64_t total_size_limit(const mfd_session *s)
+{
+    if (s->max_total_size)
+        return (uint64_t)s->max_total_size;
+    if (s->incoming_dir) {
+        struct statvfs v;
+        if (statvfs(s->incoming_dir, &v) == 0)
+            return (uint64_t)v.f_bavail * v.f_frsize;
+        return 0;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+}
+
 static int read_setup(mfd_session *s)
 {
     uint8_t *body;
@@ -583,7 +602,7 @@ static int read_setup(mfd_session *s)
     if (!have && !(s->blocks = calloc(h.block_count, sizeof(mfd_block))))
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
 
-    uint64_t total = 0;
+    uint64_t total = 0, limit = total_size_limit(s);
     for (uint32_t i = 0; i < h.block_count; i++) {
         if (setup_record(s, MFD_REC_BLOCK, "BLOCK", &body, &len))
             return -1;
@@ -615,11 +634,15 @@ static int read_setup(mfd_session *s)
                                  "main channel: BLOCK %u: duplicate name "
                                  "'%s'",
                                  i, name);
-        if (total + blen < total || total + blen > (uint64_t)s->max_total_size)
+        if (total + blen < total || total + blen > limit)
             return mfd__fail(s, MFD_EREFUSED,
-                             "main channel: total size of blocks exceeds "
-                             "max-total-size %" PRId64,
-                             s->max_total_size);
+                             "main channel: BLOCK %u: total size of blocks "
+                             "exceeds %" PRIu64 " bytes (%s)",
+                             i, limit,
+                             s->max_total_size ? "max-total-size"
+                             : s->incoming_dir ? "free space in the incoming "
+                                                 "directory"
+                                               : "physical memory");
         total += blen;
         mfd_block *b = &s->blocks[i];
         if (have) {
