@@ -164,7 +164,7 @@ struct mfd_session {
     uint32_t nchan;
     mfd_send_chan *sc;
     mfd_recv_chan *rc;
-    sem_t channels_ready; /* source: idle channels */
+    sem_t channels_ready; /* source: free queue slots over all channels */
     bool sem_inited;
     uint32_t next_chan;
     mfd_batch *cur; /* source: the batch being filled */

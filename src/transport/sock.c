@@ -280,13 +280,18 @@ int mfd__readv_full(int fd, struct iovec *iov, int iovcnt)
 
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)
 {
+    return mfd__writev_full_flags(fd, iov, iovcnt, 0);
+}
+
+int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
+{
     int i = 0;
     while (i < iovcnt && iov[i].iov_len == 0)
         i++;
     while (i < iovcnt) {
         struct msghdr msg = {.msg_iov = iov + i,
                              .msg_iovlen = (size_t)MFD_IOV_BATCH(iovcnt - i)};
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
         if (n > 0) {
             i = iov_advance(iov, iovcnt, i, (size_t)n);
             while (i < iovcnt && iov[i].iov_len == 0)

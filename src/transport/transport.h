@@ -57,6 +57,8 @@ int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms);
 int mfd__readv_full(int fd, struct iovec *iov, int iovcnt);
 /* Writes every iovec (MSG_NOSIGNAL); the array is consumed (modified). */
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
+/* Same with extra sendmsg flags (MSG_MORE when another write follows). */
+int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags);
 int mfd__write_full(int fd, const void *buf, size_t len);
 
 /* Human text for a non-OK result of the calls above ("connection closed"). */
