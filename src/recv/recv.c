@@ -233,27 +233,16 @@ static int recv_one(mfd_recv_chan *ch)
                            "computed 0x%08x", h.crc, crc);
     }
 
-    if (h.normal && b->place != MFD_PLACE_READV) {
-        /* Into the channel's buffer, checked, then placed. */
+    /*
+     * The payload goes into the channel's buffer, to be checked and then
+     * placed (UFFD, PWRITE), or straight into place (READV).
+     */
+    bool buffered = h.normal && b->place != MFD_PLACE_READV;
+    const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
+    int n = 0;
+    if (buffered) {
         rc = mfd__read_full(ch->fd, ch->bounce, h.next_size);
-        if (rc != MFD_IO_OK) {
-            if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
-                return 1;
-            return CH_FAIL(ch, num, "truncated payload: %s",
-                           rc == MFD_IO_ERROR ? strerror(errno)
-                                              : "connection closed by peer");
-        }
-        if (check_crc && h.crc_scope)
-            crc = mfd__crc32c(crc, ch->bounce, h.next_size);
-        if (check_crc && h.crc_scope && crc != h.crc)
-            return CH_FAIL(ch, num, "CRC mismatch over packet and payload: "
-                           "packet says 0x%08x, computed 0x%08x", h.crc, crc);
-        if (place_pages(ch, b, h.normal, num))
-            return -1;
     } else if (h.normal) {
-        /* Normal pages go straight into place, adjacent ones merged. */
-        const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
-        int n = 0;
         for (uint32_t i = 0; i < h.normal; i++) {
             uint8_t *p = b->host + mfd__get_be64(offs + 8 * (size_t)i);
             if (n && (uint8_t *)ch->iov[n - 1].iov_base +
@@ -266,26 +255,28 @@ static int recv_one(mfd_recv_chan *ch)
         struct iovec *work = ch->iov + s->ppp;
         memcpy(work, ch->iov, sizeof(*work) * (size_t)n);
         rc = mfd__readv_full(ch->fd, work, n);
-        if (rc != MFD_IO_OK) {
-            if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
-                return 1;
-            return CH_FAIL(ch, num, "truncated payload: %s",
-                           rc == MFD_IO_ERROR ? strerror(errno)
-                                              : "connection closed by peer");
-        }
-        if (check_crc && h.crc_scope)
-            for (int i = 0; i < n; i++)
-                crc = mfd__crc32c(crc, ch->iov[i].iov_base, ch->iov[i].iov_len);
-        if (check_crc && h.crc_scope && crc != h.crc)
+    }
+    if (h.normal && rc != MFD_IO_OK) {
+        if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
+            return 1;
+        return CH_FAIL(ch, num, "truncated payload: %s",
+                       rc == MFD_IO_ERROR ? strerror(errno)
+                                          : "connection closed by peer");
+    }
+    if (check_crc && h.crc_scope) {
+        if (buffered)
+            crc = mfd__crc32c(crc, ch->bounce, h.next_size);
+        for (int i = 0; i < n; i++)
+            crc = mfd__crc32c(crc, ch->iov[i].iov_base, ch->iov[i].iov_len);
+        if (crc != h.crc)
             return CH_FAIL(ch, num, "CRC mismatch over packet and payload: "
                            "packet says 0x%08x, computed 0x%08x", h.crc, crc);
-        for (uint32_t i = 0; i < h.normal; i++)
-            mfd__bitmap_set_atomic(b->receivedmap,
-                                   mfd__get_be64(offs + 8 * (size_t)i) / ps);
     }
-    if (check_crc && h.crc_scope && !h.normal && crc != h.crc)
-        return CH_FAIL(ch, num, "CRC mismatch: packet says 0x%08x, computed "
-                       "0x%08x", h.crc, crc);
+    if (buffered && place_pages(ch, b, h.normal, num))
+        return -1;
+    for (uint32_t i = 0; !buffered && i < h.normal; i++)
+        mfd__bitmap_set_atomic(b->receivedmap,
+                               mfd__get_be64(offs + 8 * (size_t)i) / ps);
 
     for (uint32_t i = h.normal; i < count; i++)
         apply_zero_page(b, mfd__get_be64(ch->packet + MFD_PKT_OFFSETS + 8 * i),
@@ -364,18 +355,34 @@ static int wait_listener(mfd_session *s, int main_fd)
     }
 }
 
+/*
+ * Accepts one connection. Returns its fd, -2 for a connection that vanished
+ * before it was accepted (try again), or -1 after failing the session: a
+ * listener that keeps failing (out of file descriptors) must not spin.
+ */
+static int accept_one(mfd_session *s)
+{
+    int fd = mfd__sock_accept(s->listen_fd);
+    if (fd >= 0)
+        return fd;
+    if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN ||
+        errno == EPROTO)
+        return -2;
+    return mfd__fail(s, MFD_ESYS, "accept on %s: %s", s->listen_uri,
+                     strerror(errno));
+}
+
 /* Accepts connections until one is a main channel with a valid preamble. */
 static int accept_main(mfd_session *s)
 {
     for (;;) {
         if (wait_listener(s, -1) < 0)
             return -1;
-        int fd = mfd__sock_accept(s->listen_fd);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
-                continue;
-            return mfd__fail(s, MFD_ESYS, "accept: %s", strerror(errno));
-        }
+        int fd = accept_one(s);
+        if (fd == -2)
+            continue;
+        if (fd < 0)
+            return -1;
         uint8_t pre[MFD_PREAMBLE_LEN];
         int rc = mfd__read_full_timeout(fd, pre, 4, (int)s->handshake_timeout);
         if (rc != MFD_IO_OK) {
@@ -702,9 +709,11 @@ static int accept_channels(mfd_session *s)
     while (connected < n) {
         if (wait_listener(s, s->main_fd) < 0)
             return -1;
-        int fd = mfd__sock_accept(s->listen_fd);
-        if (fd < 0)
+        int fd = accept_one(s);
+        if (fd == -2)
             continue;
+        if (fd < 0)
+            return -1;
         uint8_t init[MFD_INIT_LEN];
         int rc = mfd__read_full_timeout(fd, init, sizeof(init),
                                         (int)s->handshake_timeout);
@@ -945,7 +954,9 @@ static int main_loop(mfd_session *s)
         if (mfd__failed(s))
             return -1;
         if (p[1].revents & POLLIN) {
-            int fd = mfd__sock_accept(s->listen_fd);
+            int fd = accept_one(s);
+            if (fd == -1)
+                return -1;
             if (fd >= 0) {
                 mfd__log(s, "closed stray connection: all %u channels are "
                             "already set up",
