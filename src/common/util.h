@@ -49,5 +49,6 @@ static inline uint64_t mfd__now_us(void)
 /* Relaxed atomic counters: statistics read by other threads. */
 #define MFD_STAT_ADD(var, n) __atomic_fetch_add(&(var), (n), __ATOMIC_RELAXED)
 #define MFD_STAT_GET(var) __atomic_load_n(&(var), __ATOMIC_RELAXED)
+#define MFD_STAT_SET(var, v) __atomic_store_n(&(var), (v), __ATOMIC_RELAXED)
 
 #endif

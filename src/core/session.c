@@ -181,21 +181,40 @@ int mfd__set_error(mfd_session *s, int code, const char *fmt, ...)
     return -code;
 }
 
+void mfd__set_chan_fd(mfd_session *s, int *slot, int fd)
+{
+    pthread_mutex_lock(&s->lock);
+    *slot = fd;
+    bool failed = mfd__failed(s);
+    pthread_mutex_unlock(&s->lock);
+    /* A failure that came first found no socket here to shut down. */
+    if (failed)
+        shutdown(fd, SHUT_RDWR);
+}
+
 /* Unblocks every thread that may be waiting on the session. */
 static void wake_all(mfd_session *s)
 {
-    for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
-        if (s->sc[i].fd >= 0)
-            shutdown(s->sc[i].fd, SHUT_RDWR);
-        sem_post(&s->sc[i].sem_sync);
-        pthread_mutex_lock(&s->sc[i].lock);
-        pthread_cond_broadcast(&s->sc[i].cond);
-        pthread_mutex_unlock(&s->sc[i].lock);
+    /* The channel arrays and sockets are published under s->lock. */
+    pthread_mutex_lock(&s->lock);
+    mfd_send_chan *sc = s->sc;
+    mfd_recv_chan *rc = s->rc;
+    uint32_t n = s->nchan;
+    bool sem = s->sem_inited;
+    for (uint32_t i = 0; sc && i < n; i++)
+        if (sc[i].fd >= 0)
+            shutdown(sc[i].fd, SHUT_RDWR);
+    for (uint32_t i = 0; rc && i < n; i++)
+        if (rc[i].fd >= 0)
+            shutdown(rc[i].fd, SHUT_RDWR);
+    pthread_mutex_unlock(&s->lock);
+    for (uint32_t i = 0; sc && i < n; i++) {
+        sem_post(&sc[i].sem_sync);
+        pthread_mutex_lock(&sc[i].lock);
+        pthread_cond_broadcast(&sc[i].cond);
+        pthread_mutex_unlock(&sc[i].lock);
     }
-    for (uint32_t i = 0; s->rc && i < s->nchan; i++)
-        if (s->rc[i].fd >= 0)
-            shutdown(s->rc[i].fd, SHUT_RDWR);
-    if (s->sem_inited)
+    if (sem)
         sem_post(&s->channels_ready);
     pthread_mutex_lock(&s->lock);
     pthread_cond_broadcast(&s->cond);
@@ -219,7 +238,7 @@ static int fail_v(mfd_session *s, bool from_peer, int code, const char *fmt,
     if (first) {
         set_error_v(s, code, fmt, ap);
         s->err_from_peer = from_peer;
-        s->status = 4;
+        MFD_STAT_SET(s->status, 4);
         __atomic_store_n(&s->failed, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&s->err_lock);
@@ -429,6 +448,7 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
     b->length = length;
     b->pages = length / (uint64_t)s->page_size;
     s->nblocks++;
+    MFD_STAT_ADD(s->ram_bytes, length);
     s->blocks_from_caller = true;
     return 0;
 }
@@ -537,24 +557,32 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
     memset(st, 0, sizeof(*st));
     st->role = s->role;
     st->status = __atomic_load_n(&s->status, __ATOMIC_RELAXED);
-    st->channels = s->nchan ? s->nchan : (uint32_t)s->channels;
-    st->page_size = (uint32_t)s->page_size;
-    uint64_t start = s->t_start, end = s->t_end, setup = s->t_setup;
+    st->channels = (uint32_t)MFD_STAT_GET(s->channels);
+    st->page_size = (uint32_t)MFD_STAT_GET(s->page_size);
+    uint64_t start = MFD_STAT_GET(s->t_start), end = MFD_STAT_GET(s->t_end),
+             setup = MFD_STAT_GET(s->t_setup);
     if (start) {
         st->total_time_us = (end ? end : mfd__now_us()) - start;
         st->setup_time_us = setup ? setup - start : 0;
     }
-    for (int i = 0; i < s->nblocks; i++)
-        st->ram_bytes += s->blocks[i].length;
+    st->ram_bytes = MFD_STAT_GET(s->ram_bytes);
     st->main_bytes = MFD_STAT_GET(s->main_bytes);
     st->legacy_zero_pages = MFD_STAT_GET(s->legacy_zero_pages);
     st->zero_pages = st->legacy_zero_pages;
     st->iterations = MFD_STAT_GET(s->iterations);
     st->data_packets = MFD_STAT_GET(s->data_packets);
-    for (uint32_t i = 0; i < s->nchan && i < MFD_MAX_CHANNELS; i++) {
-        const mfd_channel_stats *c = s->sc   ? &s->sc[i].st
-                                     : s->rc ? &s->rc[i].st
-                                             : NULL;
+    /* The channel arrays are published under the lock (wake_all). */
+    pthread_mutex_lock((pthread_mutex_t *)&s->lock);
+    const mfd_send_chan *sc = s->sc;
+    const mfd_recv_chan *rc = s->rc;
+    uint32_t nchan = s->nchan;
+    pthread_mutex_unlock((pthread_mutex_t *)&s->lock);
+    if (nchan)
+        st->channels = nchan;
+    for (uint32_t i = 0; i < nchan && i < MFD_MAX_CHANNELS; i++) {
+        const mfd_channel_stats *c = sc   ? &sc[i].st
+                                     : rc ? &rc[i].st
+                                          : NULL;
         if (!c)
             break;
         mfd_channel_stats *o = &st->channel[i];

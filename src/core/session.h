@@ -190,6 +190,7 @@ struct mfd_session {
     /* Counters (atomic where threads share them). */
     uint64_t t_start, t_setup, t_end;
     uint64_t main_bytes;
+    uint64_t ram_bytes; /* total length of the blocks */
     uint64_t legacy_zero_pages;
     uint64_t data_packets; /* packets listing pages (COMPLETE's count) */
     uint64_t iterations;
@@ -210,6 +211,12 @@ int mfd__set_error(struct mfd_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mfd__log(struct mfd_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/*
+ * Publishes a channel's socket so a failure from any thread can shut it
+ * down; shuts it down at once if the session already failed.
+ */
+void mfd__set_chan_fd(struct mfd_session *s, int *slot, int fd);
 
 /* Writes one main-channel record (header, body, padding). */
 int mfd__send_record(struct mfd_session *s, uint32_t type, const void *body,

@@ -326,7 +326,7 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
         return mfd__set_error(s, MFD_ESYS, "eventfd: %s", strerror(errno));
     s->used = true;
     s->role = 2;
-    s->status = 1;
+    MFD_STAT_SET(s->status, 1);
     return 0;
 }
 
@@ -402,7 +402,7 @@ static int accept_main(mfd_session *s)
         }
         /* From here on this connection is the session's main channel. */
         s->main_fd = fd;
-        s->t_start = mfd__now_us();
+        MFD_STAT_SET(s->t_start, mfd__now_us());
         rc = mfd__read_full_timeout(fd, pre + 4, 12, (int)s->handshake_timeout);
         if (rc != MFD_IO_OK)
             return mfd__fail(s, MFD_ECLOSED, "main channel preamble: %s",
@@ -594,9 +594,10 @@ static int read_setup(mfd_session *s)
                          "this destination",
                          h.method);
     memcpy(s->uuid, h.uuid, 16);
-    s->page_size = h.page_size;
+    /* Read by mfd_get_stats on other threads. */
+    MFD_STAT_SET(s->page_size, h.page_size);
     s->ppp = h.pages_per_packet;
-    s->channels = h.channels;
+    MFD_STAT_SET(s->channels, h.channels);
     s->zpd = h.zero_page_detection;
     s->method = h.method;
     s->features = h.features & (MFD_FEAT_CRC | MFD_FEAT_VERIFY);
@@ -668,6 +669,8 @@ static int read_setup(mfd_session *s)
             s->nblocks++;
         }
         b->pages = blen / h.page_size;
+        if (!have)
+            MFD_STAT_ADD(s->ram_bytes, blen);
     }
     if (setup_record(s, MFD_REC_SETUP_END, "SETUP_END", &body, &len))
         return -1;
@@ -696,15 +699,20 @@ static int accept_channels(mfd_session *s)
 {
     uint32_t n = (uint32_t)s->channels, connected = 0;
     size_t plen = mfd__packet_len(s->ppp);
-    if (!(s->rc = calloc(n, sizeof(*s->rc))))
+    mfd_recv_chan *chans = calloc(n, sizeof(*chans));
+    if (!chans)
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
     for (uint32_t i = 0; i < n; i++) {
-        s->rc[i].s = s;
-        s->rc[i].id = i;
-        s->rc[i].fd = -1;
-        s->rc[i].cached_block = -1;
+        chans[i].s = s;
+        chans[i].id = i;
+        chans[i].fd = -1;
+        chans[i].cached_block = -1;
     }
+    /* Published whole, under s->lock, for a failure on another thread. */
+    pthread_mutex_lock(&s->lock);
+    s->rc = chans;
     s->nchan = n;
+    pthread_mutex_unlock(&s->lock);
 
     while (connected < n) {
         if (wait_listener(s, s->main_fd) < 0)
@@ -751,7 +759,7 @@ static int accept_channels(mfd_session *s)
         ch->packet = malloc(plen);
         /* Entries [0, ppp) build the iovecs, [ppp, 2 ppp) are consumed. */
         ch->iov = calloc(2 * (size_t)s->ppp, sizeof(struct iovec));
-        ch->fd = fd;
+        mfd__set_chan_fd(s, &ch->fd, fd);
         ch->bounce = malloc(MFD_PACKET_BYTES);
         if (!ch->packet || !ch->iov || !ch->bounce)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
@@ -991,7 +999,7 @@ int mfd__incoming(mfd_session *s)
     if (!rc)
         rc = accept_channels(s);
     if (!rc) {
-        s->t_setup = mfd__now_us();
+        MFD_STAT_SET(s->t_setup, mfd__now_us());
         __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
         rc = main_loop(s);
     }
@@ -1016,10 +1024,10 @@ int mfd__incoming(mfd_session *s)
         mfd__send_error_record(s);
         mfd__session_release_runtime(s);
         placement_done(s);
-        s->t_end = mfd__now_us();
+        MFD_STAT_SET(s->t_end, mfd__now_us());
         return -s->err_code;
     }
-    s->t_end = mfd__now_us();
+    MFD_STAT_SET(s->t_end, mfd__now_us());
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
     mfd__session_release_runtime(s);
     placement_done(s);

@@ -466,11 +466,11 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
     uint32_t n = (uint32_t)s->channels;
     size_t plen = mfd__packet_len(s->ppp);
 
-    if (!(s->sc = calloc(n, sizeof(*s->sc))))
+    mfd_send_chan *sc = calloc(n, sizeof(*sc));
+    if (!sc)
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
-    s->nchan = n;
     for (uint32_t i = 0; i < n; i++) {
-        mfd_send_chan *ch = &s->sc[i];
+        mfd_send_chan *ch = &sc[i];
         ch->s = s;
         ch->id = i;
         ch->fd = -1;
@@ -479,7 +479,12 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         sem_init(&ch->sem_sync, 0, 0);
     }
     sem_init(&s->channels_ready, 0, n * MFD_CHAN_DEPTH);
+    /* Published whole, under s->lock, for a failure on another thread. */
+    pthread_mutex_lock(&s->lock);
+    s->sc = sc;
+    s->nchan = n;
     s->sem_inited = true;
+    pthread_mutex_unlock(&s->lock);
     if (!(s->cur = batch_new(s->ppp)))
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
 
@@ -494,7 +499,7 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         int fd = mfd__sock_connect(u, err, sizeof(err));
         if (fd < 0)
             return mfd__fail(s, MFD_ESYS, "channel %u: %s", i, err);
-        ch->fd = fd;
+        mfd__set_chan_fd(s, &ch->fd, fd);
         uint8_t init[MFD_INIT_LEN];
         mfd__init_encode(init, s->uuid, (uint8_t)i);
         int rc = mfd__write_full(fd, init, sizeof(init));
@@ -678,8 +683,8 @@ int mfd__migrate(mfd_session *s, const char *uri)
 {
     char err[512];
     mfd_uri u;
-    s->t_start = mfd__now_us();
-    s->status = 1;
+    MFD_STAT_SET(s->t_start, mfd__now_us());
+    MFD_STAT_SET(s->status, 1);
     s->ppp = MFD_PACKET_BYTES / (uint32_t)s->page_size;
     s->method = MFD_METHOD_NONE;
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
@@ -697,7 +702,7 @@ int mfd__migrate(mfd_session *s, const char *uri)
             s->rp_started = true;
     }
     if (!rc) {
-        s->t_setup = mfd__now_us();
+        MFD_STAT_SET(s->t_setup, mfd__now_us());
         __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
         rc = walk_all(s);
     }
@@ -709,10 +714,10 @@ int mfd__migrate(mfd_session *s, const char *uri)
     if (rc || mfd__failed(s)) {
         mfd__send_error_record(s);
         mfd__session_release_runtime(s);
-        s->t_end = mfd__now_us();
+        MFD_STAT_SET(s->t_end, mfd__now_us());
         return -s->err_code;
     }
-    s->t_end = mfd__now_us();
+    MFD_STAT_SET(s->t_end, mfd__now_us());
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
     mfd__session_release_runtime(s);
     return 0;

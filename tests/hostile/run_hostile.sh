@@ -48,6 +48,8 @@ ONLY=${HOSTILE_ONLY:-}
 # placement), HOSTILE_INTO=prealloc into preallocated memory (readv
 # placement); blocks are then checked by the digests recv prints.
 INTO=${HOSTILE_INTO:-dir}
+# HOSTILE_SKIP: a regular expression of cases not to run.
+SKIP=${HOSTILE_SKIP:-}
 
 # Timeouts in seconds.
 RECV_TMO=40
@@ -65,7 +67,8 @@ fail() {
 }
 
 selected() {
-    [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]
+    { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; } &&
+        { [ -z "$SKIP" ] || ! [[ $1 =~ $SKIP ]]; }
 }
 
 # Describes an exit status the way a reader wants to see it.
