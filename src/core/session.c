@@ -235,7 +235,12 @@ static int fail_v(mfd_session *s, bool from_peer, int code, const char *fmt,
 {
     pthread_mutex_lock(&s->err_lock);
     bool first = !s->failed;
-    if (first) {
+    /*
+     * The first error wins, with one exception: a peer that cancels or
+     * fails closes its channels, and a channel may see that close before
+     * the main channel delivers the reason. The reason replaces the close.
+     */
+    if (first || (from_peer && s->err_code == MFD_ECLOSED)) {
         set_error_v(s, code, fmt, ap);
         s->err_from_peer = from_peer;
         MFD_STAT_SET(s->status, 4);
@@ -244,7 +249,15 @@ static int fail_v(mfd_session *s, bool from_peer, int code, const char *fmt,
     pthread_mutex_unlock(&s->err_lock);
     if (first)
         wake_all(s);
-    return -s->err_code;
+    return -code;
+}
+
+int mfd__error_code(mfd_session *s)
+{
+    pthread_mutex_lock(&s->err_lock);
+    int code = s->err_code;
+    pthread_mutex_unlock(&s->err_lock);
+    return code;
 }
 
 int mfd__fail(mfd_session *s, int code, const char *fmt, ...)
@@ -534,19 +547,23 @@ int mfd__recv_record(mfd_session *s, int timeout_ms, uint32_t *type,
 
 void mfd__send_error_record(mfd_session *s)
 {
-    if (s->main_fd < 0 || s->err_from_peer)
+    uint8_t body[4 + MFD_MSG_MAX];
+    pthread_mutex_lock(&s->err_lock);
+    bool from_peer = s->err_from_peer;
+    int code = s->err_code;
+    size_t n = strnlen(s->err_msg, MFD_MSG_MAX);
+    memcpy(body + 4, s->err_msg, n);
+    pthread_mutex_unlock(&s->err_lock);
+    if (s->main_fd < 0 || from_peer)
         return;
     /* Never let a stalled peer hold us here: a bounded send. */
     struct timeval tv = {.tv_sec = 2};
     setsockopt(s->main_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    uint8_t body[4 + MFD_MSG_MAX];
-    size_t n = strnlen(s->err_msg, MFD_MSG_MAX);
-    if (s->role == 1 && s->err_code == MFD_ECANCELED) {
-        mfd__send_record(s, MFD_REC_CANCEL, s->err_msg, (uint32_t)n);
+    if (s->role == 1 && code == MFD_ECANCELED) {
+        mfd__send_record(s, MFD_REC_CANCEL, body + 4, (uint32_t)n);
         return;
     }
-    mfd__put_be32(body, (uint32_t)s->err_code);
-    memcpy(body + 4, s->err_msg, n);
+    mfd__put_be32(body, (uint32_t)code);
     mfd__send_record(s, MFD_REC_ERROR, body, (uint32_t)(4 + n));
 }
 
@@ -555,7 +572,7 @@ void mfd__send_error_record(mfd_session *s)
 MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
 {
     memset(st, 0, sizeof(*st));
-    st->role = s->role;
+    st->role = MFD_STAT_GET(s->role);
     st->status = __atomic_load_n(&s->status, __ATOMIC_RELAXED);
     st->channels = (uint32_t)MFD_STAT_GET(s->channels);
     st->page_size = (uint32_t)MFD_STAT_GET(s->page_size);
@@ -653,12 +670,13 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
 
 MFD_API int mfd_migrate(mfd_session *s, const char *uri)
 {
-    if (s->used)
-        return mfd__set_error(s, MFD_ESTATE, "session already used");
+    if (s->used || s->listen_fd >= 0)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "session already used (or listening)");
     if (s->nblocks == 0)
         return mfd__set_error(s, MFD_EINVAL, "no blocks to migrate");
     s->used = true;
-    s->role = 1;
+    MFD_STAT_SET(s->role, 1);
     return mfd__migrate(s, uri);
 }
 
@@ -666,8 +684,9 @@ MFD_API int mfd_incoming(mfd_session *s)
 {
     if (s->listen_fd < 0)
         return mfd__set_error(s, MFD_ESTATE, "mfd_incoming before mfd_listen");
-    if (s->role == 2 && s->status != 1)
+    if (s->used)
         return mfd__set_error(s, MFD_ESTATE, "session already used");
+    s->used = true;
     return mfd__incoming(s);
 }
 

@@ -174,6 +174,7 @@ struct mfd_session {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool done_received;
+    bool rp_done; /* the return path has stopped reading */
     pthread_t rp_thread;
     bool rp_started;
 
@@ -206,6 +207,8 @@ static inline bool mfd__failed(const struct mfd_session *s)
 {
     return __atomic_load_n(&s->failed, __ATOMIC_ACQUIRE);
 }
+/* The code of the session's error, read under its lock. */
+int mfd__error_code(struct mfd_session *s);
 /* Sets the last error without the failure machinery (API misuse). */
 int mfd__set_error(struct mfd_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

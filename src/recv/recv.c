@@ -259,9 +259,11 @@ static int recv_one(mfd_recv_chan *ch)
     if (h.normal && rc != MFD_IO_OK) {
         if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
             return 1;
-        return CH_FAIL(ch, num, "truncated payload: %s",
-                       rc == MFD_IO_ERROR ? strerror(errno)
-                                          : "connection closed by peer");
+        return mfd__fail(s, MFD_ECLOSED,
+                         "channel %u: packet %" PRIu64 ": truncated payload: %s",
+                         ch->id, num,
+                         rc == MFD_IO_ERROR ? strerror(errno)
+                                            : "connection closed by peer");
     }
     if (check_crc && h.crc_scope) {
         if (buffered)
@@ -313,7 +315,7 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
 {
     char err[512];
     mfd_uri u;
-    if (s->used)
+    if (s->used || s->listen_fd >= 0)
         return mfd__set_error(s, MFD_ESTATE, "session already used");
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__set_error(s, MFD_EURI, "%s", err);
@@ -324,8 +326,8 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wake_fd < 0)
         return mfd__set_error(s, MFD_ESYS, "eventfd: %s", strerror(errno));
-    s->used = true;
-    s->role = 2;
+    /* Parameters and blocks may still be set until mfd_incoming(). */
+    MFD_STAT_SET(s->role, 2);
     MFD_STAT_SET(s->status, 1);
     return 0;
 }
@@ -991,6 +993,55 @@ static int main_loop(mfd_session *s)
     }
 }
 
+/*
+ * A failure seen as a closed channel may have its reason still in flight:
+ * the source's CANCEL or ERROR record. Read the main channel for a moment
+ * to report that reason instead of the symptom.
+ */
+static void drain_reason(mfd_session *s)
+{
+    uint64_t deadline = mfd__now_us() + 500000;
+    char err[300];
+    while (mfd__error_code(s) == MFD_ECLOSED && s->main_fd >= 0) {
+        uint64_t now = mfd__now_us();
+        if (now >= deadline)
+            return;
+        uint32_t type, len;
+        uint8_t *body;
+        int rc = mfd__recv_record(s, (int)((deadline - now) / 1000), &type,
+                                  &body, &len, err, sizeof(err));
+        if (rc != MFD_IO_OK)
+            return;
+        if (type == MFD_REC_CANCEL || type == MFD_REC_ERROR)
+            on_record(s, type, body, len);
+        free(body);
+    }
+}
+
+/*
+ * After an ERROR, closing a socket that still holds unread bytes from the
+ * source would reset the connection, and a TCP reset can destroy the
+ * ERROR record before the source reads it. So: end our direction, then
+ * read and drop what the source still sends until it closes (it does once
+ * it has read the ERROR), for half a second at most.
+ */
+static void linger_close(mfd_session *s)
+{
+    if (s->main_fd < 0)
+        return;
+    shutdown(s->main_fd, SHUT_WR);
+    uint64_t deadline = mfd__now_us() + 500000;
+    char buf[4096];
+    for (;;) {
+        uint64_t now = mfd__now_us();
+        struct pollfd p = {.fd = s->main_fd, .events = POLLIN};
+        if (now >= deadline || poll(&p, 1, (int)((deadline - now) / 1000)) <= 0)
+            return;
+        if (read(s->main_fd, buf, sizeof(buf)) <= 0)
+            return;
+    }
+}
+
 int mfd__incoming(mfd_session *s)
 {
     int rc = accept_main(s);
@@ -1021,11 +1072,13 @@ int mfd__incoming(mfd_session *s)
             shutdown(s->rc[i].fd, SHUT_RDWR);
 
     if (rc || mfd__failed(s)) {
+        drain_reason(s);
         mfd__send_error_record(s);
+        linger_close(s);
         mfd__session_release_runtime(s);
         placement_done(s);
         MFD_STAT_SET(s->t_end, mfd__now_us());
-        return -s->err_code;
+        return -mfd__error_code(s);
     }
     MFD_STAT_SET(s->t_end, mfd__now_us());
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);

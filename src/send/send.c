@@ -95,8 +95,10 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
     int rc = mfd__writev_full_flags(ch->fd, ch->iov, iovcnt,
                                     more && !normal ? MSG_MORE : 0);
     if (rc != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "channel %u: packet %" PRIu64 ": %s",
-                         ch->id, num, mfd__io_strerror(rc));
+        return mfd__fail(s, errno == EPIPE || errno == ECONNRESET ? MFD_ECLOSED
+                                                                  : MFD_ESYS,
+                         "channel %u: packet %" PRIu64 ": %s", ch->id, num,
+                         mfd__io_strerror(rc));
     MFD_STAT_ADD(ch->st.packets, 1);
     MFD_STAT_ADD(ch->st.normal_pages, normal);
     MFD_STAT_ADD(ch->st.zero_pages, zero);
@@ -536,14 +538,14 @@ static void *return_path(void *arg)
         int rc = mfd__recv_record(s, -1, &type, &body, &len, err, sizeof(err));
         if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT) {
             mfd__fail(s, -rc, "%s", err);
-            return NULL;
+            break;
         }
         if (rc != MFD_IO_OK) {
             if (!mfd__failed(s))
                 mfd__fail(s, MFD_ECLOSED,
                           "destination closed the main channel: %s",
                           mfd__io_strerror(rc));
-            return NULL;
+            break;
         }
         if (type == MFD_REC_DONE) {
             free(body);
@@ -551,7 +553,7 @@ static void *return_path(void *arg)
             s->done_received = true;
             pthread_cond_broadcast(&s->cond);
             pthread_mutex_unlock(&s->lock);
-            return NULL;
+            break;
         }
         if (type == MFD_REC_ERROR && len >= 4) {
             uint32_t code = mfd__get_be32(body);
@@ -560,7 +562,7 @@ static void *return_path(void *arg)
                            "destination reported: %.*s", n,
                            (const char *)body + 4);
             free(body);
-            return NULL;
+            break;
         }
         free(body);
         if (type & MFD_REC_OPTIONAL)
@@ -569,8 +571,13 @@ static void *return_path(void *arg)
                   "main channel: unexpected record type 0x%x from the "
                   "destination",
                   type);
-        return NULL;
+        break;
     }
+    pthread_mutex_lock(&s->lock);
+    s->rp_done = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
 }
 
 /* ---- the end of a migration ---------------------------------------------- */
@@ -617,6 +624,27 @@ static int send_completion(mfd_session *s)
     bool done = s->done_received;
     pthread_mutex_unlock(&s->lock);
     return done ? 0 : -1;
+}
+
+/*
+ * A failure seen as a closed channel may have a reason on its way: the
+ * destination's ERROR record. Give the return path a moment to read it
+ * before the main channel is shut down.
+ */
+static void wait_for_reason(mfd_session *s)
+{
+    if (!s->rp_started || mfd__error_code(s) != MFD_ECLOSED)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 500 * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&s->lock);
+    while (!s->rp_done &&
+           pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+        ;
+    pthread_mutex_unlock(&s->lock);
 }
 
 void mfd__session_release_runtime(mfd_session *s)
@@ -713,9 +741,10 @@ int mfd__migrate(mfd_session *s, const char *uri)
 
     if (rc || mfd__failed(s)) {
         mfd__send_error_record(s);
+        wait_for_reason(s);
         mfd__session_release_runtime(s);
         MFD_STAT_SET(s->t_end, mfd__now_us());
-        return -s->err_code;
+        return -mfd__error_code(s);
     }
     MFD_STAT_SET(s->t_end, mfd__now_us());
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
