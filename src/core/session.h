@@ -72,12 +72,14 @@ typedef struct mfd_batch {
 } mfd_batch;
 
 /*
- * Batches a channel holds at once: the one it is sending and one queued
- * behind it, so the channel never sleeps between packets waiting for the
- * migration thread to wake up (a wake-up costs more than a packet's work on
- * a virtual machine).
+ * Batches a channel holds at once: the one it is sending and up to seven
+ * queued behind it. A channel never sleeps waiting for the migration
+ * thread, which on two busy cores may not run for a while after it is
+ * woken; with a deep queue it refills several slots each time it runs.
+ * (All-zero 4 GiB guest, 2 channels: depth 2 gives 15.8-17.4 GB/s, depth 8
+ * 20.5-21.8; data-bound content is unchanged.)
  */
-#define MFD_CHAN_DEPTH 2
+#define MFD_CHAN_DEPTH 8
 
 typedef struct mfd_send_chan {
     struct mfd_session *s;

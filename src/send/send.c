@@ -496,7 +496,10 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         ch->iov = calloc(1 + s->ppp, sizeof(struct iovec));
         for (int k = 0; k < MFD_CHAN_DEPTH; k++)
             ch->slot[k] = batch_new(s->ppp);
-        if (!ch->packet || !ch->iov || !ch->slot[0] || !ch->slot[1])
+        bool slots_ok = true;
+        for (int k = 0; k < MFD_CHAN_DEPTH; k++)
+            slots_ok = slots_ok && ch->slot[k];
+        if (!ch->packet || !ch->iov || !slots_ok)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         int fd = mfd__sock_connect(u, err, sizeof(err));
         if (fd < 0)
