@@ -202,11 +202,19 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
 /* ------------------------------------------------------------------------ */
 
 /**
- * Adds a RAM block to a source session: `length` bytes at `host`, a
- * multiple of the page size. The memory stays the caller's and must remain
- * mapped and readable until mfd_migrate() returns; the library never writes
- * it. `name` is 1..255 printable ASCII characters, unique in the session.
- * At most 1024 blocks.
+ * Adds a RAM block: `length` bytes at `host`, a multiple of the page size.
+ * `name` is 1..255 printable ASCII characters, unique in the session. At
+ * most 1024 blocks. The memory stays the caller's.
+ *
+ * On a source, the memory must remain mapped and readable until
+ * mfd_migrate() returns; the library never writes it.
+ *
+ * On a destination (before mfd_incoming()), the caller provides the memory
+ * to receive into instead of the library mapping it, as a VMM that has
+ * already allocated its guest RAM does: the source must then offer exactly
+ * these blocks (same names, lengths and order), or it is refused. The
+ * memory must be zero-filled, like fresh guest RAM, because zero pages that
+ * were never received are not written.
  */
 MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
                           uint64_t length);
@@ -251,7 +259,8 @@ MFD_API int mfd_migrate(mfd_session *s, const char *uri);
 /**
  * Destination: binds and listens on `uri`. Returns once the socket listens,
  * so a caller can learn the address (mfd_listen_uri) before the source
- * connects.
+ * connects. Parameters and blocks may still be set until mfd_incoming().
+ * A listening session cannot be used with mfd_migrate().
  */
 MFD_API int mfd_listen(mfd_session *s, const char *uri);
 
@@ -263,10 +272,14 @@ MFD_API const char *mfd_listen_uri(const mfd_session *s);
 
 /**
  * Destination: accepts one migration on the listening socket, maps its
- * blocks, receives every page and returns 0 only after DONE was sent. Stray
- * connections (wrong magic, foreign session) are closed and logged without
- * affecting the migration. On failure returns a negative code; the received
- * data must be considered garbage.
+ * blocks (or uses the caller's, see mfd_add_block), receives every page and
+ * returns 0 only after DONE was sent. Stray connections (wrong magic,
+ * foreign session) are closed and logged without affecting the migration.
+ * On failure returns a negative code; the received data must be considered
+ * garbage.
+ *
+ * Fresh anonymous memory is filled with UFFDIO_COPY (userfaultfd): until
+ * this call returns, the blocks must not be touched by anyone else.
  */
 MFD_API int mfd_incoming(mfd_session *s);
 
