@@ -227,6 +227,16 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
  */
 MFD_API int mfd_set_incoming_dir(mfd_session *s, const char *dir);
 
+/**
+ * Destination: receive block `block` into the file `path` (created or
+ * truncated, sparse, mapped shared) instead of anonymous memory or
+ * DIR/NAME. Takes precedence over mfd_set_incoming_dir() for that block;
+ * blocks without a named file use the directory, or anonymous memory.
+ * Set before mfd_incoming().
+ */
+MFD_API int mfd_set_incoming_file(mfd_session *s, const char *block,
+                                  const char *path);
+
 typedef struct {
     const char *name; /* NUL-terminated, owned by the session */
     void *host;       /* the block's memory */

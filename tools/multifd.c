@@ -321,6 +321,8 @@ static const char recv_usage[] =
     "  --listen URI        address to listen on (required)\n"
     "  --into DIR|anon:    where blocks go (required)\n"
     "  --prealloc          populate the memory before the migration starts\n"
+    "  --file NAME=PATH    receive block NAME into the file PATH (repeatable;\n"
+    "                      other blocks go where --into says)\n"
     "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
     "                      default: physical memory, or the directory's\n"
     "                      free space\n"
@@ -351,6 +353,7 @@ static int cmd_recv(int argc, char **argv)
         {"into", required_argument, 0, 'i'},
         {"prealloc", no_argument, 0, 'a'},
         {"max-total-size", required_argument, 0, 'm'},
+        {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
@@ -368,6 +371,12 @@ static int cmd_recv(int argc, char **argv)
         case 'i': into = optarg; break;
         case 'a': prealloc = true; break;
         case 'm': max = optarg; break;
+        case 'f':
+            if (!strchr(optarg, '=') || optarg[0] == '=') {
+                usage_error("recv", recv_usage, "--file wants NAME=PATH");
+                return 2;
+            }
+            break;
         case 'u': uri_file = optarg; break;
         case 'P': show_progress = true; break;
         case 'j': json = true; break;
@@ -384,6 +393,13 @@ static int cmd_recv(int argc, char **argv)
         return 2;
     }
     bool anon = !strcmp(into, "anon:");
+    /* --file NAME=PATH options, applied once the session exists. */
+    char **files = calloc((size_t)argc, sizeof(char *));
+    int nfiles = 0;
+    optind = 1;
+    while (files && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+        if (c == 'f')
+            files[nfiles++] = optarg;
     if (!anon) {
         struct stat st;
         if (stat(into, &st) || !S_ISDIR(st.st_mode)) {
@@ -393,9 +409,25 @@ static int cmd_recv(int argc, char **argv)
     }
 
     mfd_session *s = mfd_session_new();
-    if (!s)
+    if (!s || !files) {
+        free(files);
+        mfd_session_free(s);
         return fail_line("recv", "out of memory");
+    }
     int rc = 0;
+    for (int i = 0; i < nfiles; i++) {
+        char *eq = strchr(files[i], '=');
+        *eq = 0;
+        int frc = mfd_set_incoming_file(s, files[i], eq + 1);
+        *eq = '=';
+        if (frc) {
+            free(files);
+            rc = fail_line("recv", mfd_last_error(s));
+            mfd_session_free(s);
+            return rc;
+        }
+    }
+    free(files);
     if ((!anon && mfd_set_incoming_dir(s, into)) ||
         (prealloc && mfd_set_param(s, MFD_PARAM_PREALLOC, 1)) ||
         (max && mfd_set_param_by_name(s, "max-total-size", max)) ||

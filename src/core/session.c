@@ -131,6 +131,11 @@ MFD_API void mfd_session_free(mfd_session *s)
     if (s->wake_fd >= 0)
         close(s->wake_fd);
     free(s->incoming_dir);
+    for (int i = 0; i < s->nfiles; i++) {
+        free(s->files[i].block);
+        free(s->files[i].path);
+    }
+    free(s->files);
     free(s->device_state);
     pthread_mutex_destroy(&s->err_lock);
     pthread_mutex_destroy(&s->lock);
@@ -419,6 +424,40 @@ MFD_API int mfd_set_incoming_dir(mfd_session *s, const char *dir)
         return mfd__set_error(s, MFD_ENOMEM, "out of memory");
     free(s->incoming_dir);
     s->incoming_dir = copy;
+    return 0;
+}
+
+MFD_API int mfd_set_incoming_file(mfd_session *s, const char *block,
+                                  const char *path)
+{
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "incoming file set after the session started");
+    if (!block || !mfd__block_name_valid(block, strlen(block)) || !path ||
+        !*path)
+        return mfd__set_error(s, MFD_EINVAL,
+                              "incoming file: a block name (printable "
+                              "ASCII) and a path are required");
+    for (int i = 0; i < s->nfiles; i++)
+        if (!strcmp(s->files[i].block, block))
+            return mfd__set_error(s, MFD_EINVAL,
+                                  "incoming file for block '%s' set twice",
+                                  block);
+    if (s->nfiles >= MFD_MAX_BLOCKS)
+        return mfd__set_error(s, MFD_EINVAL, "more than %d incoming files",
+                              MFD_MAX_BLOCKS);
+    void *nf = realloc(s->files, sizeof(*s->files) * (size_t)(s->nfiles + 1));
+    if (!nf)
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    s->files = nf;
+    s->files[s->nfiles].block = strdup(block);
+    s->files[s->nfiles].path = strdup(path);
+    if (!s->files[s->nfiles].block || !s->files[s->nfiles].path) {
+        free(s->files[s->nfiles].block);
+        free(s->files[s->nfiles].path);
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    }
+    s->nfiles++;
     return 0;
 }
 

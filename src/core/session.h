@@ -131,6 +131,10 @@ struct mfd_session {
     int64_t max_total_size;
     int64_t handshake_timeout;
     char *incoming_dir;
+    struct {
+        char *block, *path;
+    } *files; /* mfd_set_incoming_file */
+    int nfiles;
     mfd_log_fn log_fn;
     void *log_opaque;
 

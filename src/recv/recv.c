@@ -497,27 +497,55 @@ static void placement_done(mfd_session *s)
     }
 }
 
+/* The file the caller named for a block (mfd_set_incoming_file), or NULL. */
+static const char *named_file(const mfd_session *s, const char *block)
+{
+    for (int i = 0; i < s->nfiles; i++)
+        if (!strcmp(s->files[i].block, block))
+            return s->files[i].path;
+    return NULL;
+}
+
+/* Opens (creating or truncating) the file a block is received into. */
+static int open_block_file(mfd_session *s, mfd_block *b, const char *path)
+{
+    int fd;
+    if (path) {
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return mfd__fail(s, MFD_ESYS, "block '%s': create %s: %s",
+                             b->name, path, strerror(errno));
+        return fd;
+    }
+    /* A peer's name becomes a file name: never a path out of the dir. */
+    if (strchr(b->name, '/') || !strcmp(b->name, ".") ||
+        !strcmp(b->name, ".."))
+        return mfd__fail(s, MFD_EREFUSED,
+                         "block '%s': name cannot be a file name in the "
+                         "incoming directory",
+                         b->name);
+    int dfd = open(s->incoming_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return mfd__fail(s, MFD_ESYS, "incoming directory '%s': %s",
+                         s->incoming_dir, strerror(errno));
+    fd = openat(dfd, b->name, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                0644);
+    int e = errno;
+    close(dfd);
+    if (fd < 0)
+        return mfd__fail(s, MFD_ESYS, "block '%s': create %s/%s: %s", b->name,
+                         s->incoming_dir, b->name, strerror(e));
+    return fd;
+}
+
 static int map_block(mfd_session *s, mfd_block *b)
 {
-    if (s->incoming_dir) {
-        if (strchr(b->name, '/') || !strcmp(b->name, ".") ||
-            !strcmp(b->name, ".."))
-            return mfd__fail(s, MFD_EREFUSED,
-                             "block '%s': name cannot be a file name in the "
-                             "incoming directory",
-                             b->name);
-        int dfd = open(s->incoming_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            return mfd__fail(s, MFD_ESYS, "incoming directory '%s': %s",
-                             s->incoming_dir, strerror(errno));
-        int fd = openat(dfd, b->name,
-                        O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                        0644);
-        int e = errno;
-        close(dfd);
+    const char *path = named_file(s, b->name);
+    if (path || s->incoming_dir) {
+        int fd = open_block_file(s, b, path);
+        int e;
         if (fd < 0)
-            return mfd__fail(s, MFD_ESYS, "block '%s': create %s/%s: %s",
-                             b->name, s->incoming_dir, b->name, strerror(e));
+            return -1;
         if (ftruncate(fd, (off_t)b->length) < 0) {
             e = errno;
             close(fd);

@@ -208,6 +208,47 @@ static void test_caller_blocks(void **state)
     munmap(dst, len);
 }
 
+/* A block received into a file the caller names; the others anonymous. */
+static void test_named_file(void **state)
+{
+    (void)state;
+    size_t len = 2u << 20;
+    uint8_t *a = make_block(len, 11, true), *b = make_block(len, 12, true);
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mfd-api-%d.img", (int)getpid());
+
+    mfd_session *d = listening_dest();
+    assert_int_equal(mfd_set_incoming_file(d, "disk", path), 0);
+    assert_int_equal(mfd_set_incoming_file(d, "disk", path), -MFD_EINVAL);
+    dest_run dr = {d, -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    mfd_session *s = mfd_session_new();
+    assert_int_equal(mfd_add_block(s, "ram", a, len), 0);
+    assert_int_equal(mfd_add_block(s, "disk", b, len), 0);
+    assert_int_equal(mfd_migrate(s, sock_path), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(dr.rc, 0);
+    mfd_block_info bi;
+    assert_int_equal(mfd_block_get(d, 0, &bi), 0);
+    assert_memory_equal(bi.host, a, len);
+    mfd_session_free(s);
+    mfd_session_free(d);
+
+    /* The file holds the block after the session is gone. */
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    uint8_t *got = malloc(len);
+    assert_int_equal(fread(got, 1, len, f), len);
+    assert_int_equal(fgetc(f), EOF);
+    fclose(f);
+    assert_memory_equal(got, b, len);
+    free(got);
+    unlink(path);
+    munmap(a, len);
+    munmap(b, len);
+}
+
 typedef struct {
     mfd_session *watch, *cancel;
 } canceller;
@@ -323,6 +364,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_migrate_and_compare),
         cmocka_unit_test(test_caller_blocks),
+        cmocka_unit_test(test_named_file),
         cmocka_unit_test(test_cancel_source),
         cmocka_unit_test(test_cancel_destination),
         cmocka_unit_test(test_argument_checks),
