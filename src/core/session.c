@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -87,6 +88,8 @@ MFD_API mfd_session *mfd_session_new(void)
     pthread_cond_init(&s->cond, NULL);
     pthread_mutex_init(&s->sync_lock, NULL);
     pthread_cond_init(&s->sync_cond, NULL);
+    /* Lets mfd_cancel() and failures interrupt waits on the main channel. */
+    s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return s;
 }
 
@@ -542,10 +545,21 @@ int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
 int mfd__recv_record(mfd_session *s, int timeout_ms, uint32_t *type,
                      uint8_t **body, uint32_t *len, char *err, size_t errlen)
 {
+    return mfd__recv_record_ex(s, true, timeout_ms, type, body, len, err,
+                               errlen);
+}
+
+int mfd__recv_record_ex(mfd_session *s, bool wake, int timeout_ms,
+                        uint32_t *type, uint8_t **body, uint32_t *len,
+                        char *err, size_t errlen)
+{
+    int wake_fd = wake ? s->wake_fd : -1;
     uint8_t hdr[8];
     *body = NULL;
     *len = 0;
-    int rc = mfd__read_full_timeout(s->main_fd, hdr, 8, timeout_ms);
+    /* One deadline for the whole record; a failure elsewhere interrupts. */
+    uint64_t start = mfd__now_us();
+    int rc = mfd__read_full_wake(s->main_fd, wake_fd, hdr, 8, timeout_ms);
     if (rc != MFD_IO_OK)
         return rc;
     *type = mfd__get_be32(hdr);
@@ -564,7 +578,13 @@ int mfd__recv_record(mfd_session *s, int timeout_ms, uint32_t *type,
             snprintf(err, errlen, "out of memory");
             return -MFD_ENOMEM;
         }
-        rc = mfd__read_full_timeout(s->main_fd, b, padded, timeout_ms);
+        int left = timeout_ms;
+        if (timeout_ms >= 0) {
+            uint64_t spent = (mfd__now_us() - start) / 1000;
+            left = spent >= (uint64_t)timeout_ms ? 0
+                                                 : timeout_ms - (int)spent;
+        }
+        rc = mfd__read_full_wake(s->main_fd, wake_fd, b, padded, left);
         if (rc != MFD_IO_OK) {
             free(b);
             return rc == MFD_IO_EOF ? MFD_IO_TRUNCATED : rc;

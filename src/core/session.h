@@ -113,6 +113,7 @@ typedef struct mfd_recv_chan {
     pthread_t thread;
     bool started;
     uint64_t synced; /* SYNC packets seen; under s->sync_lock */
+    uint64_t since_sync; /* packets read since the last SYNC (atomic) */
     uint8_t *packet;
     struct iovec *iov;
     int cached_block; /* index of the last block named, or -1 */
@@ -180,6 +181,7 @@ struct mfd_session {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool done_received;
+    bool complete_sent; /* DONE is only valid after COMPLETE */
     bool rp_done; /* the return path has stopped reading */
     pthread_t rp_thread;
     bool rp_started;
@@ -193,6 +195,7 @@ struct mfd_session {
     uint8_t *device_state;
     uint64_t device_state_len;
     bool digests_ok;
+    bool device_state_done; /* the last DEVICE_STATE chunk arrived */
 
     /* Counters (atomic where threads share them). */
     uint64_t t_start, t_setup, t_end;
@@ -237,6 +240,13 @@ int mfd__send_record(struct mfd_session *s, uint32_t type, const void *body,
  */
 int mfd__recv_record(struct mfd_session *s, int timeout_ms, uint32_t *type,
                      uint8_t **body, uint32_t *len, char *err, size_t errlen);
+/*
+ * The same; with wake false a session failure does not interrupt the read
+ * (for reading the peer's reason after a failure).
+ */
+int mfd__recv_record_ex(struct mfd_session *s, bool wake, int timeout_ms,
+                        uint32_t *type, uint8_t **body, uint32_t *len,
+                        char *err, size_t errlen);
 /* Sends an ERROR record for the session's error, best effort. */
 void mfd__send_error_record(struct mfd_session *s);
 

@@ -22,6 +22,8 @@
 #define MFD_RECORD_MAX (16u << 20)
 #define MFD_LEGACY_ZERO_MAX 4096
 #define MFD_MSG_MAX 1024 /* ERROR and CANCEL text */
+/* Optional records skipped while waiting for one setup record, at most. */
+#define MFD_SETUP_OPTIONAL_MAX 64
 
 /* Record types (section 1.3). Bit 31 marks an optional record. */
 enum {

@@ -67,6 +67,7 @@ static void wait_release(mfd_recv_chan *ch)
     mfd_session *s = ch->s;
     pthread_mutex_lock(&s->sync_lock);
     uint64_t mine = ++ch->synced;
+    __atomic_store_n(&ch->since_sync, 0, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&s->sync_cond);
     while (s->released_iter < mine && !mfd__failed(s) && !s->quit)
         pthread_cond_wait(&s->sync_cond, &s->sync_lock);
@@ -181,6 +182,8 @@ static int recv_one(mfd_recv_chan *ch)
     mfd_packet_hdr h;
 
     int rc = mfd__read_full(ch->fd, ch->packet, plen);
+    if (rc != MFD_IO_EOF)
+        __atomic_fetch_add(&ch->since_sync, 1, __ATOMIC_RELAXED);
     if (rc != MFD_IO_OK) {
         if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
             return 1;
@@ -323,7 +326,6 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
                                     err, sizeof(err));
     if (s->listen_fd < 0)
         return mfd__set_error(s, MFD_ESYS, "%s", err);
-    s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wake_fd < 0)
         return mfd__set_error(s, MFD_ESYS, "eventfd: %s", strerror(errno));
     /* Parameters and blocks may still be set until mfd_incoming(). */
@@ -385,14 +387,29 @@ static int accept_main(mfd_session *s)
             continue;
         if (fd < 0)
             return -1;
+        /*
+         * The whole preamble arrives within the handshake timeout, or the
+         * connection is a stray: only a complete, valid preamble starts a
+         * session (a health check that sends "MFDC" and leaves does not).
+         */
         uint8_t pre[MFD_PREAMBLE_LEN];
+        uint64_t t0 = mfd__now_us();
         int rc = mfd__read_full_timeout(fd, pre, 4, (int)s->handshake_timeout);
+        uint32_t magic = rc == MFD_IO_OK ? mfd__get_be32(pre) : 0;
+        if (rc == MFD_IO_OK && magic == MFD_MAIN_MAGIC) {
+            uint64_t spent = (mfd__now_us() - t0) / 1000;
+            int left = spent >= (uint64_t)s->handshake_timeout
+                           ? 0
+                           : (int)(s->handshake_timeout - (int64_t)spent);
+            rc = mfd__read_full_timeout(fd, pre + 4, 12, left);
+        }
         if (rc != MFD_IO_OK) {
-            mfd__log(s, "closed stray connection: %s", mfd__io_strerror(rc));
+            mfd__log(s, "closed stray connection: %s%s",
+                     magic == MFD_MAIN_MAGIC ? "incomplete preamble: " : "",
+                     mfd__io_strerror(rc));
             close(fd);
             continue;
         }
-        uint32_t magic = mfd__get_be32(pre);
         if (magic != MFD_MAIN_MAGIC) {
             mfd__log(s, "closed stray connection: %s 0x%08x before any "
                         "session",
@@ -405,10 +422,6 @@ static int accept_main(mfd_session *s)
         /* From here on this connection is the session's main channel. */
         s->main_fd = fd;
         MFD_STAT_SET(s->t_start, mfd__now_us());
-        rc = mfd__read_full_timeout(fd, pre + 4, 12, (int)s->handshake_timeout);
-        if (rc != MFD_IO_OK)
-            return mfd__fail(s, MFD_ECLOSED, "main channel preamble: %s",
-                             mfd__io_strerror(rc));
         uint32_t version = mfd__get_be32(pre + 4);
         uint8_t answer[MFD_PREAMBLE_LEN];
         mfd__preamble_encode(answer, MFD_PROTO_VERSION);
@@ -434,31 +447,39 @@ static int setup_record(mfd_session *s, uint32_t want, const char *what,
 {
     char err[300];
     uint32_t type;
-    int rc = mfd__recv_record(s, (int)s->handshake_timeout, &type, body, len,
-                              err, sizeof(err));
-    if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
-        return mfd__fail(s, -rc, "%s", err);
-    if (rc != MFD_IO_OK)
-        return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
-                         "main channel: waiting for %s: %s", what,
-                         mfd__io_strerror(rc));
-    if (type == MFD_REC_CANCEL || type == MFD_REC_ERROR) {
-        free(*body);
-        return mfd__fail_peer(s, MFD_EPEER,
-                              "source ended the session during setup");
+    for (int skipped = 0;; skipped++) {
+        int rc = mfd__recv_record(s, (int)s->handshake_timeout, &type, body, len,
+                                  err, sizeof(err));
+        if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT &&
+            rc != MFD_IO_WOKEN)
+            return mfd__fail(s, -rc, "%s", err);
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
+                             "main channel: waiting for %s: %s", what,
+                             mfd__io_strerror(rc));
+        if (type == MFD_REC_CANCEL || type == MFD_REC_ERROR) {
+            free(*body);
+            return mfd__fail_peer(s, MFD_EPEER,
+                                  "source ended the session during setup");
+        }
+        if (type != want) {
+            free(*body);
+            *body = NULL;
+            if (!(type & MFD_REC_OPTIONAL))
+                return mfd__fail(s, MFD_EPROTO,
+                                 "main channel: expected %s, got record type "
+                                 "0x%x",
+                                 what, type);
+            /* An unknown optional record is skipped, a bounded number of times. */
+            if (skipped >= MFD_SETUP_OPTIONAL_MAX)
+                return mfd__fail(s, MFD_EPROTO,
+                                 "main channel: more than %d optional records "
+                                 "while waiting for %s",
+                                 MFD_SETUP_OPTIONAL_MAX, what);
+            continue;
+        }
+        return 0;
     }
-    if (type != want) {
-        free(*body);
-        *body = NULL;
-        if (!(type & MFD_REC_OPTIONAL))
-            return mfd__fail(s, MFD_EPROTO,
-                             "main channel: expected %s, got record type "
-                             "0x%x",
-                             what, type);
-        /* An unknown optional record is skipped. */
-        return setup_record(s, want, what, body, len);
-    }
-    return 0;
 }
 
 /*
@@ -937,13 +958,61 @@ static int on_device_state(mfd_session *s, const uint8_t *body, uint32_t len)
         s->device_state = p;
         s->device_state_len += chunk;
     }
+    if (mfd__get_be32(body) & 1)
+        s->device_state_done = true;
     return 0;
+}
+
+/*
+ * DIGESTS and COMPLETE speak for everything applied: every channel must be
+ * at the last released SYNC with nothing read after it. (A packet that
+ * arrives after this check is a source's protocol violation; it can only
+ * race with the end of the session, whose result is then not trusted by
+ * the source either.)
+ */
+static int channels_parked(mfd_session *s, const char *what)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->sync_lock);
+    for (uint32_t i = 0; i < s->nchan && !rc; i++) {
+        mfd_recv_chan *ch = &s->rc[i];
+        if (ch->synced != s->released_iter ||
+            __atomic_load_n(&ch->since_sync, __ATOMIC_RELAXED))
+            rc = -1;
+        if (rc)
+            mfd__fail(s, MFD_EPROTO,
+                      "main channel: %s while channel %u still has data after "
+                      "its last SYNC",
+                      what, i);
+    }
+    pthread_mutex_unlock(&s->sync_lock);
+    return rc;
 }
 
 /* Handles one record; returns 1 when the migration is complete. */
 static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
                      uint32_t len)
 {
+    /*
+     * The order of PROTOCOL.md 1.5: passes (ZERO_PAGES, ITERATION_END), then
+     * DEVICE_STATE up to its last chunk, then DIGESTS, then COMPLETE.
+     */
+    bool pass_record = type == MFD_REC_ZERO_PAGES ||
+                       type == MFD_REC_ITERATION_END ||
+                       type == MFD_REC_DEVICE_STATE;
+    bool end_record = type == MFD_REC_DIGESTS || type == MFD_REC_COMPLETE;
+    if (pass_record && s->device_state_done)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: record type 0x%x after the last "
+                         "DEVICE_STATE chunk",
+                         type);
+    if (end_record && !s->device_state_done)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: %s before the last DEVICE_STATE chunk",
+                         type == MFD_REC_DIGESTS ? "DIGESTS" : "COMPLETE");
+    if (end_record &&
+        channels_parked(s, type == MFD_REC_DIGESTS ? "DIGESTS" : "COMPLETE"))
+        return -1;
     switch (type) {
     case MFD_REC_ZERO_PAGES:
         return on_zero_pages(s, body, len);
@@ -959,7 +1028,7 @@ static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
         return mfd__fail_peer(s, MFD_ECANCELED,
                               "source cancelled the migration: %.*s",
                               (int)MFD_MIN(len, MFD_MSG_MAX),
-                              (const char *)body);
+                              body ? (const char *)body : "");
     case MFD_REC_ERROR:
         return mfd__fail_peer(s, MFD_EPEER, "source reported: %.*s",
                               len >= 4 ? (int)MFD_MIN(len - 4, MFD_MSG_MAX)
@@ -1036,8 +1105,8 @@ static void drain_reason(mfd_session *s)
             return;
         uint32_t type, len;
         uint8_t *body;
-        int rc = mfd__recv_record(s, (int)((deadline - now) / 1000), &type,
-                                  &body, &len, err, sizeof(err));
+        int rc = mfd__recv_record_ex(s, false, (int)((deadline - now) / 1000),
+                                     &type, &body, &len, err, sizeof(err));
         if (rc != MFD_IO_OK)
             return;
         if (type == MFD_REC_CANCEL || type == MFD_REC_ERROR)
@@ -1072,7 +1141,7 @@ static void linger_close(mfd_session *s)
 
 int mfd__incoming(mfd_session *s)
 {
-    int rc = accept_main(s);
+    int rc = mfd__failed(s) ? -1 : accept_main(s);
     if (!rc)
         rc = read_setup(s);
     if (!rc)

@@ -341,38 +341,46 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
 {
     char err[256];
     uint32_t type;
-    int rc = mfd__recv_record(s, timeout_ms, &type, body, len, err,
-                              sizeof(err));
-    if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
-        return mfd__fail(s, -rc, "%s", err);
-    if (rc != MFD_IO_OK)
-        return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
-                         "waiting for %s: %s", what, mfd__io_strerror(rc));
-    if (type == MFD_REC_ERROR && *len >= 4) {
-        uint32_t code = mfd__get_be32(*body);
-        int n = (int)MFD_MIN(*len - 4, MFD_MSG_MAX);
-        int r = mfd__fail_peer(s,
-                               code == MFD_EREFUSED ? MFD_EREFUSED : MFD_EPEER,
-                               "destination refused: %.*s", n,
-                               (const char *)*body + 4);
-        free(*body);
-        *body = NULL;
-        return r;
+    for (int skipped = 0;; skipped++) {
+        int rc = mfd__recv_record(s, timeout_ms, &type, body, len, err,
+                                  sizeof(err));
+        if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT &&
+            rc != MFD_IO_WOKEN)
+            return mfd__fail(s, -rc, "%s", err);
+        if (rc != MFD_IO_OK)
+            return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
+                             "waiting for %s: %s", what, mfd__io_strerror(rc));
+        if (type == MFD_REC_ERROR && *len >= 4) {
+            uint32_t code = mfd__get_be32(*body);
+            int n = (int)MFD_MIN(*len - 4, MFD_MSG_MAX);
+            int r = mfd__fail_peer(s,
+                                   code == MFD_EREFUSED ? MFD_EREFUSED : MFD_EPEER,
+                                   "destination refused: %.*s", n,
+                                   (const char *)*body + 4);
+            free(*body);
+            *body = NULL;
+            return r;
+        }
+        if (type != want && (type & MFD_REC_OPTIONAL)) {
+            /* An unknown optional record is skipped, a bounded number of times. */
+            free(*body);
+            *body = NULL;
+            if (skipped >= MFD_SETUP_OPTIONAL_MAX)
+                return mfd__fail(s, MFD_EPROTO,
+                                 "main channel: more than %d optional records "
+                                 "while waiting for %s",
+                                 MFD_SETUP_OPTIONAL_MAX, what);
+            continue;
+        }
+        if (type != want) {
+            free(*body);
+            *body = NULL;
+            return mfd__fail(s, MFD_EPROTO,
+                             "main channel: expected %s, got record type 0x%x",
+                             what, type);
+        }
+        return 0;
     }
-    if (type != want && (type & MFD_REC_OPTIONAL)) {
-        /* An unknown optional record is skipped, in either direction. */
-        free(*body);
-        *body = NULL;
-        return expect_record(s, want, what, timeout_ms, body, len);
-    }
-    if (type != want) {
-        free(*body);
-        *body = NULL;
-        return mfd__fail(s, MFD_EPROTO,
-                         "main channel: expected %s, got record type 0x%x",
-                         what, type);
-    }
-    return 0;
 }
 
 static int handshake(mfd_session *s, const mfd_uri *u)
@@ -538,7 +546,9 @@ static void *return_path(void *arg)
     for (;;) {
         uint32_t type, len;
         uint8_t *body;
-        int rc = mfd__recv_record(s, -1, &type, &body, &len, err, sizeof(err));
+        /* Not interrupted by failures: it may still read the reason. */
+        int rc = mfd__recv_record_ex(s, false, -1, &type, &body, &len, err,
+                                     sizeof(err));
         if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT) {
             mfd__fail(s, -rc, "%s", err);
             break;
@@ -552,6 +562,15 @@ static void *return_path(void *arg)
         }
         if (type == MFD_REC_DONE) {
             free(body);
+            pthread_mutex_lock(&s->lock);
+            bool early = !s->complete_sent;
+            pthread_mutex_unlock(&s->lock);
+            if (early || len) {
+                mfd__fail(s, MFD_EPROTO,
+                          "main channel: DONE %s",
+                          early ? "before COMPLETE was sent" : "with a body");
+                break;
+            }
             pthread_mutex_lock(&s->lock);
             s->done_received = true;
             pthread_cond_broadcast(&s->cond);
@@ -617,6 +636,10 @@ static int send_completion(mfd_session *s)
     mfd__put_be64(c + 8, st->zero_pages);
     mfd__put_be64(c + 16, st->data_packets);
     free(st);
+    /* Marked before the write: DONE may come back before send returns. */
+    pthread_mutex_lock(&s->lock);
+    s->complete_sent = true;
+    pthread_mutex_unlock(&s->lock);
     if (mfd__send_record(s, MFD_REC_COMPLETE, c, 24) != MFD_IO_OK)
         return mfd__fail(s, MFD_ESYS, "main channel: COMPLETE: %s",
                          strerror(errno));

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MFD_IOV_BATCH(n) ((n) < IOV_MAX ? (n) : IOV_MAX)
@@ -202,11 +203,27 @@ int mfd__sock_accept(int lfd)
     return fd;
 }
 
-static int wait_readable(int fd, int timeout_ms)
+static uint64_t now_ms(void)
 {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Waits for fd (or wake_fd) until the absolute deadline (0: none). */
+static int wait_readable(int fd, int wake_fd, uint64_t deadline)
+{
+    struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+                          {.fd = wake_fd, .events = POLLIN}};
     for (;;) {
-        int rc = poll(&p, 1, timeout_ms);
+        int left = -1;
+        if (deadline) {
+            uint64_t now = now_ms();
+            left = now >= deadline ? 0 : (int)(deadline - now);
+        }
+        int rc = poll(p, wake_fd >= 0 ? 2 : 1, left);
+        if (rc > 0 && wake_fd >= 0 && (p[1].revents & POLLIN))
+            return MFD_IO_WOKEN;
         if (rc > 0)
             return 0;
         if (rc == 0)
@@ -218,10 +235,19 @@ static int wait_readable(int fd, int timeout_ms)
 
 int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms)
 {
+    return mfd__read_full_wake(fd, -1, buf, len, timeout_ms);
+}
+
+int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
+                        int timeout_ms)
+{
     size_t done = 0;
+    uint64_t deadline = timeout_ms >= 0 ? now_ms() + (uint64_t)timeout_ms : 0;
+    if (timeout_ms == 0)
+        deadline = 1; /* already passed */
     while (done < len) {
-        if (timeout_ms >= 0) {
-            int w = wait_readable(fd, timeout_ms);
+        if (deadline || wake_fd >= 0) {
+            int w = wait_readable(fd, wake_fd, deadline);
             if (w)
                 return w;
         }
@@ -320,6 +346,8 @@ const char *mfd__io_strerror(int rc)
         return "connection closed by peer in the middle of a message";
     case MFD_IO_TIMEOUT:
         return "timed out waiting for the peer";
+    case MFD_IO_WOKEN:
+        return "interrupted: the session failed or was cancelled";
     default:
         return strerror(errno);
     }

@@ -46,13 +46,19 @@ enum {
     MFD_IO_EOF = 1,       /* the peer closed before the first byte */
     MFD_IO_TRUNCATED = 2, /* the peer closed part-way */
     MFD_IO_ERROR = -1,    /* errno says why */
-    MFD_IO_TIMEOUT = -2,  /* timeout_ms passed without progress */
+    MFD_IO_TIMEOUT = -2,  /* timeout_ms passed before all bytes came */
+    MFD_IO_WOKEN = -3,    /* wake_fd became readable first */
 };
 
 /* Reads exactly len bytes. */
 int mfd__read_full(int fd, void *buf, size_t len);
-/* Same, giving up when no byte arrives for timeout_ms (< 0: no limit). */
+/* Same, giving up when all bytes have not come within timeout_ms (< 0: no
+ * limit). */
 int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms);
+/* Same, also giving up as soon as wake_fd (an eventfd; -1: none) is
+ * readable, so another thread can interrupt the read. */
+int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
+                        int timeout_ms);
 /* Reads until every iovec is full; the array is consumed (modified). */
 int mfd__readv_full(int fd, struct iovec *iov, int iovcnt);
 /* Writes every iovec (MSG_NOSIGNAL); the array is consumed (modified). */
