@@ -604,6 +604,16 @@ int mfd__recv_record_ex(mfd_session *s, bool wake, int timeout_ms,
     return MFD_IO_OK;
 }
 
+int mfd__skip_optional(mfd_session *s, int skipped, const char *what)
+{
+    if (skipped < MFD_SETUP_OPTIONAL_MAX)
+        return 0;
+    return mfd__fail(s, MFD_EPROTO,
+                     "main channel: more than %d optional records while "
+                     "waiting for %s",
+                     MFD_SETUP_OPTIONAL_MAX, what);
+}
+
 void mfd__send_error_record(mfd_session *s)
 {
     uint8_t body[4 + MFD_MSG_MAX];

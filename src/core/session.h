@@ -247,6 +247,12 @@ int mfd__recv_record(struct mfd_session *s, int timeout_ms, uint32_t *type,
 int mfd__recv_record_ex(struct mfd_session *s, bool wake, int timeout_ms,
                         uint32_t *type, uint8_t **body, uint32_t *len,
                         char *err, size_t errlen);
+/*
+ * An unknown optional record was skipped while waiting for `what` during
+ * setup: fine `MFD_SETUP_OPTIONAL_MAX` times, then a protocol error (an
+ * endless stream of them must not hold the handshake).
+ */
+int mfd__skip_optional(struct mfd_session *s, int skipped, const char *what);
 /* Sends an ERROR record for the session's error, best effort. */
 void mfd__send_error_record(struct mfd_session *s);
 

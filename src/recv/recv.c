@@ -470,12 +470,8 @@ static int setup_record(mfd_session *s, uint32_t want, const char *what,
                                  "main channel: expected %s, got record type "
                                  "0x%x",
                                  what, type);
-            /* An unknown optional record is skipped, a bounded number of times. */
-            if (skipped >= MFD_SETUP_OPTIONAL_MAX)
-                return mfd__fail(s, MFD_EPROTO,
-                                 "main channel: more than %d optional records "
-                                 "while waiting for %s",
-                                 MFD_SETUP_OPTIONAL_MAX, what);
+            if (mfd__skip_optional(s, skipped, what))
+                return -1;
             continue;
         }
         return 0;

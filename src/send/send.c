@@ -362,14 +362,10 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
             return r;
         }
         if (type != want && (type & MFD_REC_OPTIONAL)) {
-            /* An unknown optional record is skipped, a bounded number of times. */
             free(*body);
             *body = NULL;
-            if (skipped >= MFD_SETUP_OPTIONAL_MAX)
-                return mfd__fail(s, MFD_EPROTO,
-                                 "main channel: more than %d optional records "
-                                 "while waiting for %s",
-                                 MFD_SETUP_OPTIONAL_MAX, what);
+            if (mfd__skip_optional(s, skipped, what))
+                return -1;
             continue;
         }
         if (type != want) {
