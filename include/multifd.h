@@ -131,7 +131,7 @@ MFD_API const char *mfd_last_error(const mfd_session *s);
 /*
  * Parameters are set by number (mfd_set_param) or by QEMU-style name
  * (mfd_set_param_by_name). Numbers are spaced so new knobs never shift old
- * ones. Parameters must be set before mfd_migrate() / mfd_listen().
+ * ones. Parameters must be set before mfd_migrate() / mfd_incoming().
  */
 typedef enum {
     /* "multifd-channels": number of data channels, 1..255, default 2. */
@@ -167,9 +167,12 @@ typedef enum {
      */
     MFD_PARAM_MAX_TOTAL_SIZE = 106,
     /*
-     * "handshake-timeout": milliseconds a connection may take to send its
-     * first bytes (preamble or channel init) and a source waits for each
-     * handshake answer. Default 10000.
+     * "handshake-timeout": milliseconds within which a connection must send
+     * its whole preamble or channel init, and a destination the whole of
+     * each setup record (HELLO, BLOCK, SETUP_END); a source waits that long
+     * for the preamble answer. READY is awaited without limit (mapping or
+     * preallocating large memory takes time); mfd_cancel() ends any wait.
+     * Default 10000.
      */
     MFD_PARAM_HANDSHAKE_TIMEOUT = 107,
 } mfd_param;
@@ -207,7 +210,10 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
  * most 1024 blocks. The memory stays the caller's.
  *
  * On a source, the memory must remain mapped and readable until
- * mfd_migrate() returns; the library never writes it.
+ * mfd_migrate() returns; the library never writes it. This version makes
+ * one pass over every page: the memory must not change while it runs (a
+ * paused guest), or the destination may receive a mix of old and new
+ * contents (feature VERIFY would then fail the migration).
  *
  * On a destination (before mfd_incoming()), the caller provides the memory
  * to receive into instead of the library mapping it, as a VMM that has

@@ -466,7 +466,11 @@ static int cmd_recv(int argc, char **argv)
             for (int i = 0; i < n; i++) {
                 mfd_block_info b;
                 mfd_block_get(s, i, &b);
-                printf("%s\"%s\": \"%016llx\"", i ? ", " : "", b.name,
+                /* Names are printable ASCII; only " and \ need escaping. */
+                printf("%s\"", i ? ", " : "");
+                for (const char *ch = b.name; *ch; ch++)
+                    printf(*ch == '"' || *ch == '\\' ? "\\%c" : "%c", *ch);
+                printf("\": \"%016llx\"",
                        (unsigned long long)XXH3_64bits(b.host, b.length));
             }
             printf("}}\n");

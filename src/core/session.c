@@ -200,6 +200,17 @@ void mfd__set_chan_fd(mfd_session *s, int *slot, int fd)
         shutdown(fd, SHUT_RDWR);
 }
 
+void mfd__close_chan_fd(mfd_session *s, int *slot)
+{
+    /* Unpublished first, so a late mfd_cancel never shuts a reused fd. */
+    pthread_mutex_lock(&s->lock);
+    int fd = *slot;
+    *slot = -1;
+    pthread_mutex_unlock(&s->lock);
+    if (fd >= 0)
+        close(fd);
+}
+
 /* Unblocks every thread that may be waiting on the session. */
 static void wake_all(mfd_session *s)
 {
@@ -290,7 +301,9 @@ MFD_API int mfd_cancel(mfd_session *s)
 {
     if (!s)
         return -MFD_EINVAL;
-    s->cancel_requested = true;
+    /* A finished migration stays finished. */
+    if (MFD_STAT_GET(s->status) == 3)
+        return 0;
     mfd__fail(s, MFD_ECANCELED, "migration cancelled");
     return 0;
 }
@@ -719,7 +732,8 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
         st->legacy_zero_pages, st->data_packets, st->sync_packets,
         st->iterations, st->throughput_gbps);
-    for (uint32_t i = 0; i < st->channels && i < MFD_MAX_CHANNELS; i++) {
+    for (uint32_t i = 0; i < st->channels && i < MFD_MAX_CHANNELS && n < cap;
+         i++) {
         const mfd_channel_stats *c = &st->channel[i];
         n += (size_t)snprintf(out + n, cap - n,
                               "%s{\"id\": %u, \"packets\": %" PRIu64
@@ -730,7 +744,8 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
                               i ? ", " : "", i, c->packets, c->sync_packets,
                               c->normal_pages, c->zero_pages, c->bytes);
     }
-    snprintf(out + n, cap - n, "]}");
+    if (n < cap)
+        snprintf(out + n, cap - n, "]}");
     free(st);
     return out;
 }

@@ -148,7 +148,6 @@ struct mfd_session {
     int role;   /* 0, 1 source, 2 destination */
     int status; /* as mfd_stats.status */
     bool used;
-    bool cancel_requested;
     uint8_t uuid[16];
     uint32_t ppp;      /* pages per packet */
     uint64_t features; /* negotiated */
@@ -229,6 +228,8 @@ void mfd__log(struct mfd_session *s, const char *fmt, ...)
  * down; shuts it down at once if the session already failed.
  */
 void mfd__set_chan_fd(struct mfd_session *s, int *slot, int fd);
+/* Unpublishes and closes a channel's socket (after its thread is joined). */
+void mfd__close_chan_fd(struct mfd_session *s, int *slot);
 
 /* Writes one main-channel record (header, body, padding). */
 int mfd__send_record(struct mfd_session *s, uint32_t type, const void *body,

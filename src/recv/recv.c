@@ -599,7 +599,9 @@ static int map_block(mfd_session *s, mfd_block *b)
         b->place = MFD_PLACE_READV;
         return 0;
     }
-    if (b->place == MFD_PLACE_READV && uffd_register(s, b) == 0)
+    /* UFFDIO_COPY places whole host pages: smaller pages use readv. */
+    if (b->place == MFD_PLACE_READV &&
+        s->page_size % sysconf(_SC_PAGESIZE) == 0 && uffd_register(s, b) == 0)
         b->place = MFD_PLACE_UFFD;
     return 0;
 }

@@ -697,9 +697,7 @@ void mfd__session_release_runtime(mfd_session *s)
     /* Every thread is joined: counters are final, sockets can close. */
     for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
         mfd_send_chan *ch = &s->sc[i];
-        if (ch->fd >= 0)
-            close(ch->fd);
-        ch->fd = -1;
+        mfd__close_chan_fd(s, &ch->fd);
         free(ch->packet);
         free(ch->iov);
         for (int k = 0; k < MFD_CHAN_DEPTH; k++) {
@@ -711,9 +709,7 @@ void mfd__session_release_runtime(mfd_session *s)
     }
     for (uint32_t i = 0; s->rc && i < s->nchan; i++) {
         mfd_recv_chan *ch = &s->rc[i];
-        if (ch->fd >= 0)
-            close(ch->fd);
-        ch->fd = -1;
+        mfd__close_chan_fd(s, &ch->fd);
         free(ch->packet);
         free(ch->iov);
         free(ch->bounce);
@@ -740,7 +736,7 @@ int mfd__migrate(mfd_session *s, const char *uri)
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__fail(s, MFD_EURI, "%s", err);
 
-    int rc = s->cancel_requested ? -1 : 0;
+    int rc = mfd__failed(s) ? -1 : 0;
     if (!rc)
         rc = handshake(s, &u);
     if (!rc)
