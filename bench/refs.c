@@ -311,29 +311,30 @@ static int send_all(int fd, const void *p, size_t len)
 }
 
 /*
- * Moves the stream's share from its reused buffer, wrapping round it, in
- * writes of at most REF_SEND_CHUNK.
+ * Moves the stream's share through its buffer, `chunk` bytes at a time at
+ * most: sends it, or receives it. The buffer position wraps round a reused
+ * buffer; a fresh receive buffer is exactly the share, so it never wraps and
+ * every page is first touched by the kernel's copy.
  */
-static void *tcp_send_main(void *arg)
+static void *tcp_pump(struct tcp_stream *s, bool sending, size_t chunk)
 {
-    struct tcp_stream *s = arg;
     uint64_t left = s->share;
     size_t pos = 0;
 
-    if (gate_wait(s->gate) < 0)
-        return NULL;
     while (left > 0) {
         size_t want = s->buf_len - pos;
         ssize_t n;
 
-        if (want > REF_SEND_CHUNK)
-            want = REF_SEND_CHUNK;
+        if (want > chunk)
+            want = chunk;
         if (want > left)
             want = (size_t)left;
-        n = send(s->fd, s->buf + pos, want, MSG_NOSIGNAL);
+        n = sending ? send(s->fd, s->buf + pos, want, MSG_NOSIGNAL)
+                    : recv(s->fd, s->buf + pos, want, MSG_WAITALL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
+            /* A timeout or an early EOF: the peer is gone or stuck. */
             s->err = n < 0 ? errno : EPIPE;
             return NULL;
         }
@@ -345,39 +346,18 @@ static void *tcp_send_main(void *arg)
     return NULL;
 }
 
-/*
- * Receives the stream's share into its buffer. A reused buffer is smaller
- * than the share and wrapped round; a fresh one is exactly the share, so the
- * position never wraps and every page is first touched by the kernel's copy.
- */
-static void *tcp_recv_main(void *arg)
+static void *tcp_send_main(void *arg)
 {
     struct tcp_stream *s = arg;
-    uint64_t left = s->share;
-    size_t pos = 0;
 
-    while (left > 0) {
-        size_t want = s->buf_len - pos;
-        ssize_t n;
+    if (gate_wait(s->gate) < 0)
+        return NULL;
+    return tcp_pump(s, true, REF_SEND_CHUNK);
+}
 
-        if (want > REF_STREAM_BUF)
-            want = REF_STREAM_BUF;
-        if (want > left)
-            want = (size_t)left;
-        n = recv(s->fd, s->buf + pos, want, MSG_WAITALL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            /* A timeout or an early EOF: the sender is gone or stuck. */
-            s->err = n < 0 ? errno : EPIPE;
-            return NULL;
-        }
-        pos += (size_t)n;
-        if (pos == s->buf_len)
-            pos = 0;
-        left -= (uint64_t)n;
-    }
-    return NULL;
+static void *tcp_recv_main(void *arg)
+{
+    return tcp_pump(arg, false, REF_STREAM_BUF);
 }
 
 /*
