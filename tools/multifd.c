@@ -81,7 +81,7 @@ static struct {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool running, stop;
+    bool running, stop, tty;
     mfd_session *s;
     uint64_t total;
     int ms;
@@ -96,11 +96,13 @@ static void print_progress(void)
     mfd_get_stats(progress.s, st);
     double done = (double)(st->normal_pages + st->zero_pages) * st->page_size;
     double pct = progress.total ? 100.0 * done / (double)progress.total : 0;
+    /* One line rewritten in place on a terminal, a line each in a log. */
     fprintf(stderr,
-            "\r  progress: %5.1f%%  %.2f / %.2f GB  %.2f GB/s  normal %" PRIu64
-            " zero %" PRIu64 " pages   ",
-            pct, done / 1e9, progress.total / 1e9, st->throughput_gbps,
-            st->normal_pages, st->zero_pages);
+            "%s  progress: %5.1f%%  %.2f / %.2f GB  %.2f GB/s  normal %" PRIu64
+            " zero %" PRIu64 " pages%s",
+            progress.tty ? "\r" : "", pct, done / 1e9, progress.total / 1e9,
+            st->throughput_gbps, st->normal_pages, st->zero_pages,
+            progress.tty ? "   " : "\n");
     fflush(stderr);
     free(st);
 }
@@ -129,6 +131,7 @@ void cli_progress_start(mfd_session *s, uint64_t total, int ms)
     progress.total = total;
     progress.ms = ms;
     progress.stop = false;
+    progress.tty = isatty(STDERR_FILENO);
     progress.running =
         pthread_create(&progress.thread, NULL, progress_main, NULL) == 0;
 }
@@ -144,7 +147,8 @@ void cli_progress_stop(void)
     pthread_join(progress.thread, NULL);
     progress.running = false;
     print_progress();
-    fputc('\n', stderr);
+    if (progress.tty)
+        fputc('\n', stderr);
 }
 
 /* ---- send -------------------------------------------------------------- */
