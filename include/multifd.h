@@ -249,6 +249,22 @@ typedef struct {
     uint64_t length;  /* bytes */
 } mfd_block_info;
 
+/**
+ * Source: the opaque device state (a VMM's CPU and device registers) sent
+ * after the last pass, up to 256 MiB. The buffer stays the caller's and must
+ * remain valid until mfd_migrate() returns. Default: none (empty).
+ */
+MFD_API int mfd_set_device_state(mfd_session *s, const void *data,
+                                 size_t len);
+
+/**
+ * Destination, after mfd_incoming() returned 0: the device state the source
+ * sent. The buffer belongs to the session (valid until mfd_session_free).
+ * Returns -MFD_ESTATE before a successful migration.
+ */
+MFD_API int mfd_get_device_state(const mfd_session *s, const void **data,
+                                 size_t *len);
+
 /** Number of blocks in the session (added, or received on a destination). */
 MFD_API int mfd_block_count(const mfd_session *s);
 /** Fills *info for block `index`. The memory stays valid until free. */

@@ -139,7 +139,8 @@ MFD_API void mfd_session_free(mfd_session *s)
         free(s->files[i].path);
     }
     free(s->files);
-    free(s->device_state);
+    if (!s->device_state_borrowed)
+        free(s->device_state);
     pthread_mutex_destroy(&s->err_lock);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
@@ -474,6 +475,36 @@ MFD_API int mfd_set_incoming_file(mfd_session *s, const char *block,
         return mfd__set_error(s, MFD_ENOMEM, "out of memory");
     }
     s->nfiles++;
+    return 0;
+}
+
+MFD_API int mfd_set_device_state(mfd_session *s, const void *data,
+                                 size_t len)
+{
+    if (s->used || MFD_STAT_GET(s->role) == 2)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "device state set on a destination or after "
+                              "the migration started");
+    if (len > MFD_DEVICE_STATE_MAX || (len && !data))
+        return mfd__set_error(s, MFD_EINVAL,
+                              "device state of %zu bytes (at most %" PRIu64
+                              ")",
+                              len, MFD_DEVICE_STATE_MAX);
+    if (!s->device_state_borrowed)
+        free(s->device_state);
+    s->device_state = (uint8_t *)data;
+    s->device_state_len = len;
+    s->device_state_borrowed = true;
+    return 0;
+}
+
+MFD_API int mfd_get_device_state(const mfd_session *s, const void **data,
+                                 size_t *len)
+{
+    if (MFD_STAT_GET(s->role) != 2 || MFD_STAT_GET(s->status) != 3)
+        return -MFD_ESTATE;
+    *data = s->device_state;
+    *len = (size_t)s->device_state_len;
     return 0;
 }
 

@@ -191,7 +191,8 @@ struct mfd_session {
     uint64_t released_iter;
     bool quit;
     int uffd; /* userfaultfd of the UFFD blocks, or -1 */
-    uint8_t *device_state;
+    uint8_t *device_state; /* source: the caller's; destination: ours */
+    bool device_state_borrowed;
     uint64_t device_state_len;
     bool digests_ok;
     bool device_state_done; /* the last DEVICE_STATE chunk arrived */

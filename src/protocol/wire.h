@@ -22,6 +22,9 @@
 #define MFD_RECORD_MAX (16u << 20)
 #define MFD_LEGACY_ZERO_MAX 4096
 #define MFD_MSG_MAX 1024 /* ERROR and CANCEL text */
+/* DEVICE_STATE: bytes per record, and in all (the destination's limit). */
+#define MFD_DEVICE_CHUNK (1u << 20)
+#define MFD_DEVICE_STATE_MAX (UINT64_C(256) << 20)
 /* Optional records skipped while waiting for one setup record, at most. */
 #define MFD_SETUP_OPTIONAL_MAX 64
 

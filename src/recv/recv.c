@@ -945,7 +945,7 @@ static int on_device_state(mfd_session *s, const uint8_t *body, uint32_t len)
     if (len < 4)
         return mfd__fail(s, MFD_EPROTO, "DEVICE_STATE: body length %u", len);
     uint32_t chunk = len - 4;
-    if (s->device_state_len + chunk > (UINT64_C(256) << 20))
+    if (s->device_state_len + chunk > MFD_DEVICE_STATE_MAX)
         return mfd__fail(s, MFD_EREFUSED,
                          "DEVICE_STATE: more than 256 MiB of device state");
     if (chunk) {

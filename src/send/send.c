@@ -602,11 +602,26 @@ static void *return_path(void *arg)
 
 static int send_completion(mfd_session *s)
 {
-    uint8_t ds[4];
-    mfd__put_be32(ds, 1); /* last chunk of an empty device state */
-    if (mfd__send_record(s, MFD_REC_DEVICE_STATE, ds, 4) != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: DEVICE_STATE: %s",
-                         strerror(errno));
+    /* The embedder's device state, in chunks; the last one flagged. */
+    uint64_t left = s->device_state_len, sent = 0;
+    uint8_t *chunk = malloc(4 + MFD_MIN(left, MFD_DEVICE_CHUNK));
+    if (!chunk)
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    do {
+        uint32_t n = (uint32_t)MFD_MIN(left, MFD_DEVICE_CHUNK);
+        mfd__put_be32(chunk, n == left ? 1 : 0);
+        if (n)
+            memcpy(chunk + 4, s->device_state + sent, n);
+        if (mfd__send_record(s, MFD_REC_DEVICE_STATE, chunk, 4 + n) !=
+            MFD_IO_OK) {
+            free(chunk);
+            return mfd__fail(s, MFD_ESYS, "main channel: DEVICE_STATE: %s",
+                             strerror(errno));
+        }
+        sent += n;
+        left -= n;
+    } while (left);
+    free(chunk);
 
     if (s->features & MFD_FEAT_VERIFY) {
         uint8_t *d = malloc(8 * (size_t)s->nblocks);

@@ -141,12 +141,23 @@ static void test_migrate_and_compare(void **state)
         zeros += zero_pages(blk[i], lens[i]);
         assert_int_equal(mfd_add_block(s, names[i], blk[i], lens[i]), 0);
     }
+    /* A device state of more than one chunk (1 MiB) travels whole. */
+    size_t dlen = (3u << 20) / 2 + 7;
+    uint8_t *dev = make_block((dlen + 4095) & ~(size_t)4095, 99, false);
+    assert_int_equal(mfd_set_device_state(s, dev, dlen), 0);
+    const void *got;
+    size_t glen;
+    assert_int_equal(mfd_get_device_state(d, &got, &glen), -MFD_ESTATE);
     int rc = mfd_migrate(s, sock_path);
     if (rc)
         fail_msg("migrate: %s", mfd_last_error(s));
     pthread_join(t, NULL);
     if (dr.rc)
         fail_msg("incoming: %s", mfd_last_error(d));
+    assert_int_equal(mfd_get_device_state(d, &got, &glen), 0);
+    assert_int_equal(glen, dlen);
+    assert_memory_equal(got, dev, dlen);
+    munmap(dev, (dlen + 4095) & ~(size_t)4095);
 
     assert_int_equal(mfd_block_count(d), 3);
     for (int i = 0; i < 3; i++) {
