@@ -15,6 +15,7 @@
 #include "refs.h"
 
 #include "ram/zero.h"
+#include "transport/transport.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -293,23 +294,6 @@ static int recv_by(int fd, void *p, size_t len, uint64_t deadline)
     return 0;
 }
 
-static int send_all(int fd, const void *p, size_t len)
-{
-    const unsigned char *b = p;
-
-    while (len > 0) {
-        ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        b += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /*
  * Moves the stream's share through its buffer, `chunk` bytes at a time at
  * most: sends it, or receives it. The buffer position wraps round a reused
@@ -418,7 +402,7 @@ static int tcp_child(int lfd, struct tcp_stream *st, int streams,
     for (int i = 0; i < streams; i++) {
         uint32_t idx = (uint32_t)i;
 
-        if (send_all(st[i].fd, &idx, sizeof(idx)) < 0)
+        if (mfd__write_full(st[i].fd, &idx, sizeof(idx)) != MFD_IO_OK)
             return 1;
     }
 
@@ -432,7 +416,7 @@ static int tcp_child(int lfd, struct tcp_stream *st, int streams,
     for (int i = 0; i < streams; i++) {
         unsigned char ack = 'K';
 
-        if (send_all(st[i].fd, &ack, 1) < 0)
+        if (mfd__write_full(st[i].fd, &ack, 1) != MFD_IO_OK)
             return 1;
     }
     return 0;

@@ -783,6 +783,16 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
 
 /* ---- entry points ------------------------------------------------------ */
 
+void mfd__session_release_runtime(mfd_session *s)
+{
+    /* Each room joins its own threads; then the main channel can close. */
+    mfd__send_release(s);
+    mfd__recv_release(s);
+    if (s->main_fd >= 0)
+        close(s->main_fd);
+    s->main_fd = -1;
+}
+
 MFD_API int mfd_migrate(mfd_session *s, const char *uri)
 {
     if (s->used || s->listen_fd >= 0)

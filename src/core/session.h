@@ -258,8 +258,13 @@ int mfd__skip_optional(struct mfd_session *s, int skipped, const char *what);
 /* Sends an ERROR record for the session's error, best effort. */
 void mfd__send_error_record(struct mfd_session *s);
 
-/* Frees blocks and resets the channel arrays (after threads are joined). */
+/*
+ * Joins every thread of a run and frees its channel resources and sockets
+ * (the channel arrays stay for the stats). Safe to call more than once.
+ */
 void mfd__session_release_runtime(struct mfd_session *s);
+void mfd__send_release(struct mfd_session *s);
+void mfd__recv_release(struct mfd_session *s);
 
 int mfd__migrate(struct mfd_session *s, const char *uri);
 int mfd__incoming(struct mfd_session *s);

@@ -1137,6 +1137,25 @@ static void linger_close(mfd_session *s)
     }
 }
 
+/* Joins the recv channel threads and frees their buffers. */
+void mfd__recv_release(mfd_session *s)
+{
+    for (uint32_t i = 0; s->rc && i < s->nchan; i++) {
+        mfd_recv_chan *ch = &s->rc[i];
+        if (ch->started) {
+            pthread_join(ch->thread, NULL);
+            ch->started = false;
+        }
+        mfd__close_chan_fd(s, &ch->fd);
+        free(ch->packet);
+        free(ch->iov);
+        free(ch->bounce);
+        ch->packet = NULL;
+        ch->iov = NULL;
+        ch->bounce = NULL;
+    }
+}
+
 int mfd__incoming(mfd_session *s)
 {
     int rc = mfd__failed(s) ? -1 : accept_main(s);

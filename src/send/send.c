@@ -684,7 +684,12 @@ static void wait_for_reason(mfd_session *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-void mfd__session_release_runtime(mfd_session *s)
+/*
+ * Joins the source's threads (channels, then the return path, which the
+ * main channel's shutdown releases) and frees their resources. The channel
+ * array stays: it carries the final stats.
+ */
+void mfd__send_release(mfd_session *s)
 {
     for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
         mfd_send_chan *ch = &s->sc[i];
@@ -704,12 +709,6 @@ void mfd__session_release_runtime(mfd_session *s)
         pthread_join(s->rp_thread, NULL);
         s->rp_started = false;
     }
-    for (uint32_t i = 0; s->rc && i < s->nchan; i++)
-        if (s->rc[i].started) {
-            pthread_join(s->rc[i].thread, NULL);
-            s->rc[i].started = false;
-        }
-    /* Every thread is joined: counters are final, sockets can close. */
     for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
         mfd_send_chan *ch = &s->sc[i];
         mfd__close_chan_fd(s, &ch->fd);
@@ -722,22 +721,8 @@ void mfd__session_release_runtime(mfd_session *s)
         ch->packet = NULL;
         ch->iov = NULL;
     }
-    for (uint32_t i = 0; s->rc && i < s->nchan; i++) {
-        mfd_recv_chan *ch = &s->rc[i];
-        mfd__close_chan_fd(s, &ch->fd);
-        free(ch->packet);
-        free(ch->iov);
-        free(ch->bounce);
-        ch->packet = NULL;
-        ch->iov = NULL;
-        ch->bounce = NULL;
-    }
     batch_free(s->cur);
     s->cur = NULL;
-    if (s->main_fd >= 0)
-        close(s->main_fd);
-    s->main_fd = -1;
-    /* The channel arrays stay for the stats; they hold no resources now. */
 }
 
 int mfd__migrate(mfd_session *s, const char *uri)

@@ -3,6 +3,8 @@
  */
 #include "transport/transport.h"
 
+#include "common/util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -205,9 +207,7 @@ int mfd__sock_accept(int lfd)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return mfd__now_us() / 1000;
 }
 
 /* Waits for fd (or wake_fd) until the absolute deadline (0: none). */
