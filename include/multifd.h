@@ -41,6 +41,7 @@
 #ifndef MULTIFD_H
 #define MULTIFD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -175,7 +176,62 @@ typedef enum {
      * Default 10000.
      */
     MFD_PARAM_HANDSHAKE_TIMEOUT = 107,
+    /*
+     * "dirty-tracker": how the source learns which pages changed while it
+     * migrates (see "Live migration" below). MFD_TRACKER_NONE (default): the
+     * memory does not change during mfd_migrate(), one pass is enough.
+     * MFD_TRACKER_MANUAL: the embedder reports writes (mfd_mark_dirty, or
+     * the dirty_log callback at each sync). MFD_TRACKER_UFFD_WP: the library
+     * write-protects the blocks with asynchronous userfaultfd write-protect
+     * and collects written pages with the PAGEMAP_SCAN ioctl; it sees the
+     * writes of this process only. Names: "none", "manual", "uffd-wp".
+     */
+    MFD_PARAM_DIRTY_TRACKER = 108,
+    /*
+     * "downtime-limit": milliseconds. Live migration switches over once the
+     * dirty bytes left, at the measured bandwidth, would take no longer.
+     * 1..2000000, default 300.
+     */
+    MFD_PARAM_DOWNTIME_LIMIT = 109,
+    /*
+     * "max-bandwidth": bytes per second over all data channels together
+     * (headers and payload), 0 = unlimited (the default). Not applied to
+     * the final pass, which runs while the writers are paused.
+     */
+    MFD_PARAM_MAX_BANDWIDTH = 110,
+    /*
+     * "max-iterations": the most passes run while the writers run; the
+     * switchover is forced after that many. 0 (default) = no limit.
+     */
+    MFD_PARAM_MAX_ITERATIONS = 111,
+    /*
+     * "auto-converge": 1 = when the writers dirty more than half of what a
+     * pass sent, twice in a row, ask the embedder's throttle callback for
+     * more throttle (cpu-throttle-initial, then +cpu-throttle-increment up
+     * to max-cpu-throttle). Default 0.
+     */
+    MFD_PARAM_AUTO_CONVERGE = 112,
+    /* "cpu-throttle-initial": percent, 1..99, default 20. */
+    MFD_PARAM_CPU_THROTTLE_INITIAL = 113,
+    /* "cpu-throttle-increment": percent, 1..99, default 10. */
+    MFD_PARAM_CPU_THROTTLE_INCREMENT = 114,
+    /* "max-cpu-throttle": percent, 1..99, default 99. */
+    MFD_PARAM_MAX_CPU_THROTTLE = 115,
+    /*
+     * "network-timeout": milliseconds after which a TCP peer that stopped
+     * acknowledging data (TCP_USER_TIMEOUT) or answering keepalive probes
+     * fails the migration: a cut network is noticed in bounded time. 0
+     * leaves the kernel's defaults (many minutes). Default 10000.
+     */
+    MFD_PARAM_NETWORK_TIMEOUT = 116,
 } mfd_param;
+
+/* Values of MFD_PARAM_DIRTY_TRACKER. */
+typedef enum {
+    MFD_TRACKER_NONE = 0,
+    MFD_TRACKER_MANUAL = 1,
+    MFD_TRACKER_UFFD_WP = 2,
+} mfd_dirty_tracker;
 
 /* Values of MFD_PARAM_ZERO_PAGE_DETECTION (wire values of HELLO). */
 typedef enum {
@@ -191,11 +247,10 @@ MFD_API int mfd_get_param(const mfd_session *s, mfd_param p, int64_t *value);
 /** Reads the bounds of a parameter. Returns -MFD_EINVAL for an unknown one. */
 MFD_API int mfd_param_bounds(mfd_param p, int64_t *min, int64_t *max);
 /**
- * Sets a parameter by its QEMU-style name ("multifd-channels", "page-size",
- * "zero-page-detection", "crc", "verify", "prealloc", "max-total-size",
- * "handshake-timeout") from a string: a decimal number, "on"/"off", or for
- * zero-page-detection "none"/"legacy"/"multifd". Sizes accept K, M, G, T
- * suffixes (powers of 1024).
+ * Sets a parameter by its QEMU-style name (as in the comments above) from
+ * a string: a decimal number, "on"/"off", for zero-page-detection
+ * "none"/"legacy"/"multifd", for dirty-tracker "none"/"manual"/"uffd-wp".
+ * Sizes accept K, M, G, T suffixes (powers of 1024).
  */
 MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
                                   const char *value);
@@ -330,6 +385,83 @@ typedef void (*mfd_log_fn)(void *opaque, const char *line);
 MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque);
 
 /* ------------------------------------------------------------------------ */
+/* Live migration                                                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * With a dirty tracker, mfd_migrate() runs QEMU's pre-copy: the first pass
+ * sends every page while the embedder's writers keep running; each later
+ * pass sends the pages written meanwhile. After each pass it measures the
+ * bandwidth (100 ms windows over all channels) and the dirty rate, and
+ * switches over once the dirty bytes left / bandwidth <= downtime-limit,
+ * after max-iterations passes, or when mfd_switchover() asks: it calls
+ * `pause`, collects the last dirty pages, sends them in a final pass, then
+ * the device state, and waits for DONE. The writers stay paused after a
+ * successful migration (the destination owns the memory now). On any
+ * failure the source calls `resume` if it had paused, and its memory is as
+ * the writers left it.
+ */
+
+/* What one pass did, for the progress callback. */
+typedef struct {
+    uint64_t pass;               /* 1, 2, ... */
+    bool final;                  /* the pass after the pause */
+    uint64_t pages;              /* pages sent in this pass */
+    uint64_t bytes;              /* data-channel bytes of this pass */
+    uint64_t time_us;            /* duration of this pass */
+    uint64_t dirty_pages;        /* pages written meanwhile, to send next */
+    uint64_t dirty_rate_bps;     /* bytes dirtied per second during the pass */
+    uint64_t bandwidth_bps;      /* measured send rate, bytes per second */
+    uint64_t expected_downtime_ms; /* dirty bytes / bandwidth */
+    int throttle_pct;            /* auto-converge throttle in effect */
+} mfd_pass_info;
+
+typedef struct {
+    /*
+     * Stops every writer of the blocks and returns when they are stopped.
+     * Called once, from the migration thread, before the final pass. It may
+     * call mfd_set_device_state() to hand over the device state as it is
+     * now. Required with a dirty tracker.
+     */
+    void (*pause)(void *opaque);
+    /* Restarts the writers after a failed migration that had paused them. */
+    void (*resume)(void *opaque);
+    /*
+     * auto-converge: make the writers spend `percent` of their time asleep
+     * (QEMU's CPU throttle). Called with 0 when the migration ends.
+     */
+    void (*throttle)(void *opaque, int percent);
+    /*
+     * Manual tracker, optional: set the bit of every page written since the
+     * previous call (bit i of word i / 64 = page i of block `block`; bits
+     * already set must stay set), as KVM_GET_DIRTY_LOG hands a VMM its dirty
+     * log. Called at each dirty sync for every block.
+     */
+    void (*dirty_log)(void *opaque, int block, uint64_t *bitmap,
+                      uint64_t pages);
+    /* After each pass, from the migration thread. Optional. */
+    void (*progress)(void *opaque, const mfd_pass_info *pass);
+} mfd_live_ops;
+
+/** Sets the live-migration callbacks; `ops` is copied. Before migrate. */
+MFD_API int mfd_set_live_ops(mfd_session *s, const mfd_live_ops *ops,
+                             void *opaque);
+
+/**
+ * Manual tracker: marks `length` bytes at `offset` of block `block` (its
+ * index in mfd_add_block() order) written. Safe from any thread, at any
+ * time during mfd_migrate(); cheap (an atomic OR per page).
+ */
+MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
+                           uint64_t length);
+
+/**
+ * Asks a running live migration to switch over at the end of its current
+ * pass, whatever the expected downtime. Safe from any thread.
+ */
+MFD_API int mfd_switchover(mfd_session *s);
+
+/* ------------------------------------------------------------------------ */
 /* Statistics                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -360,6 +492,18 @@ typedef struct {
     uint64_t sync_packets;
     uint64_t iterations;    /* completed passes */
     double throughput_gbps; /* guest memory moved, 10^9 bytes per second */
+    /* Live migration (source). */
+    uint64_t dirty_sync_count;     /* dirty syncs (QEMU's name) */
+    uint64_t dirty_pages;          /* pages left to send after the last sync */
+    uint64_t dirty_rate_bps;       /* bytes dirtied per second, last pass */
+    uint64_t bandwidth_bps;        /* measured send rate, last pass */
+    uint64_t expected_downtime_ms; /* dirty bytes / bandwidth */
+    uint64_t downtime_us;          /* pause to DONE */
+    int throttle_pct;              /* auto-converge throttle in effect */
+    int progress_pct;              /* 0..100, never goes backwards */
+#define MFD_PASS_STATS 64
+    uint64_t pass_bytes[MFD_PASS_STATS]; /* data bytes of pass i+1 */
+    uint64_t pass_pages[MFD_PASS_STATS]; /* pages sent in pass i+1 */
     mfd_channel_stats channel[MFD_MAX_CHANNELS];
 } mfd_stats;
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "ram/bitmap.h"
 #include "transport/transport.h"
 
 /* ---- versions and error codes ---------------------------------------- */
@@ -80,6 +81,12 @@ MFD_API mfd_session *mfd_session_new(void)
     s->zpd = MFD_ZPD_MULTIFD;
     s->page_size = 4096;
     s->handshake_timeout = 10000;
+    s->downtime_limit = 300;
+    s->throttle_initial = 20;
+    s->throttle_increment = 10;
+    s->throttle_max = 99;
+    s->network_timeout = 10000;
+    pthread_mutex_init(&s->rl_lock, NULL);
     s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
     s->log_opaque = s; /* marks "default logger": see mfd__log */
@@ -102,6 +109,8 @@ static void free_blocks(mfd_session *s)
         if (b->fd >= 0)
             close(b->fd);
         free(b->receivedmap);
+        free(b->dirty);
+        free(b->marked);
         free(b->name);
     }
     free(s->blocks);
@@ -328,6 +337,21 @@ static const param_desc params[] = {
     {MFD_PARAM_PREALLOC, "prealloc", 0, 1, PF(prealloc)},
     {MFD_PARAM_MAX_TOTAL_SIZE, "max-total-size", 0, INT64_C(1) << 60,
      PF(max_total_size)},
+    {MFD_PARAM_DIRTY_TRACKER, "dirty-tracker", 0, 2, PF(dirty_tracker)},
+    {MFD_PARAM_DOWNTIME_LIMIT, "downtime-limit", 1, 2000000,
+     PF(downtime_limit)},
+    {MFD_PARAM_MAX_BANDWIDTH, "max-bandwidth", 0, INT64_C(1) << 50,
+     PF(max_bandwidth)},
+    {MFD_PARAM_MAX_ITERATIONS, "max-iterations", 0, 1000000,
+     PF(max_iterations)},
+    {MFD_PARAM_AUTO_CONVERGE, "auto-converge", 0, 1, PF(auto_converge)},
+    {MFD_PARAM_CPU_THROTTLE_INITIAL, "cpu-throttle-initial", 1, 99,
+     PF(throttle_initial)},
+    {MFD_PARAM_CPU_THROTTLE_INCREMENT, "cpu-throttle-increment", 1, 99,
+     PF(throttle_increment)},
+    {MFD_PARAM_MAX_CPU_THROTTLE, "max-cpu-throttle", 1, 99, PF(throttle_max)},
+    {MFD_PARAM_NETWORK_TIMEOUT, "network-timeout", 0, 3600000,
+     PF(network_timeout)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };
@@ -404,6 +428,12 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
     else if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION &&
              !strcmp(value, "multifd"))
         v = MFD_ZPD_MULTIFD;
+    else if (d->id == MFD_PARAM_DIRTY_TRACKER && !strcmp(value, "none"))
+        v = MFD_TRACKER_NONE;
+    else if (d->id == MFD_PARAM_DIRTY_TRACKER && !strcmp(value, "manual"))
+        v = MFD_TRACKER_MANUAL;
+    else if (d->id == MFD_PARAM_DIRTY_TRACKER && !strcmp(value, "uffd-wp"))
+        v = MFD_TRACKER_UFFD_WP;
     else if (!strcmp(value, "on") || !strcmp(value, "true"))
         v = 1;
     else if (!strcmp(value, "off") || !strcmp(value, "false"))
@@ -478,10 +508,52 @@ MFD_API int mfd_set_incoming_file(mfd_session *s, const char *block,
     return 0;
 }
 
+MFD_API int mfd_set_live_ops(mfd_session *s, const mfd_live_ops *ops,
+                             void *opaque)
+{
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "live callbacks set after the session started");
+    if (ops)
+        s->live = *ops;
+    else
+        memset(&s->live, 0, sizeof(s->live));
+    s->live_opaque = opaque;
+    return 0;
+}
+
+MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
+                           uint64_t length)
+{
+    if (!s || block < 0 || block >= s->nblocks)
+        return -MFD_EINVAL;
+    mfd_block *b = &s->blocks[block];
+    if (offset > b->length || length > b->length - offset)
+        return -MFD_EINVAL;
+    /* Before the migration starts every page is dirty anyway. */
+    uint64_t *m = __atomic_load_n(&b->marked, __ATOMIC_ACQUIRE);
+    if (!m || !length)
+        return 0;
+    uint64_t ps = (uint64_t)s->page_size;
+    uint64_t first = offset / ps, last = (offset + length - 1) / ps;
+    for (uint64_t p = first; p <= last; p++)
+        if (!mfd__bitmap_test_atomic(m, p))
+            mfd__bitmap_set_atomic(m, p);
+    return 0;
+}
+
+MFD_API int mfd_switchover(mfd_session *s)
+{
+    if (!s)
+        return -MFD_EINVAL;
+    __atomic_store_n(&s->switchover_requested, 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
 MFD_API int mfd_set_device_state(mfd_session *s, const void *data,
                                  size_t len)
 {
-    if (s->used || MFD_STAT_GET(s->role) == 2)
+    if ((s->used && !s->in_pause) || MFD_STAT_GET(s->role) == 2)
         return mfd__set_error(s, MFD_ESTATE,
                               "device state set on a destination or after "
                               "the migration started");
@@ -701,6 +773,18 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
     st->zero_pages = st->legacy_zero_pages;
     st->iterations = MFD_STAT_GET(s->iterations);
     st->data_packets = MFD_STAT_GET(s->data_packets);
+    st->dirty_sync_count = MFD_STAT_GET(s->dirty_sync_count);
+    st->dirty_pages = MFD_STAT_GET(s->dirty_pages);
+    st->dirty_rate_bps = MFD_STAT_GET(s->dirty_rate_bps);
+    st->bandwidth_bps = MFD_STAT_GET(s->bandwidth_bps);
+    st->expected_downtime_ms = MFD_STAT_GET(s->expected_downtime_ms);
+    st->downtime_us = MFD_STAT_GET(s->downtime_us);
+    st->throttle_pct = MFD_STAT_GET(s->throttle_pct);
+    st->progress_pct = MFD_STAT_GET(s->progress_pct);
+    for (int i = 0; i < MFD_PASS_STATS; i++) {
+        st->pass_bytes[i] = MFD_STAT_GET(s->pass_bytes[i]);
+        st->pass_pages[i] = MFD_STAT_GET(s->pass_pages[i]);
+    }
     /* The channel arrays are published under the lock (wake_all). */
     pthread_mutex_lock((pthread_mutex_t *)&s->lock);
     const mfd_send_chan *sc = s->sc;
@@ -742,7 +826,7 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
     if (!st)
         return NULL;
     mfd_get_stats(s, st);
-    size_t cap = 1024 + (size_t)st->channels * 160;
+    size_t cap = 1536 + (size_t)st->channels * 160 + MFD_PASS_STATS * 64;
     char *out = malloc(cap);
     if (!out) {
         free(st);
@@ -757,12 +841,30 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         ", \"normal_pages\": %" PRIu64 ", \"zero_pages\": %" PRIu64
         ", \"legacy_zero_pages\": %" PRIu64 ", \"data_packets\": %" PRIu64
         ", \"sync_packets\": %" PRIu64 ", \"iterations\": %" PRIu64
-        ", \"throughput_gbps\": %.3f, \"channel\": [",
+        ", \"throughput_gbps\": %.3f, \"dirty_sync_count\": %" PRIu64
+        ", \"dirty_pages\": %" PRIu64 ", \"dirty_rate_bps\": %" PRIu64
+        ", \"bandwidth_bps\": %" PRIu64
+        ", \"expected_downtime_ms\": %" PRIu64 ", \"downtime_us\": %" PRIu64
+        ", \"throttle_pct\": %d, \"progress_pct\": %d, \"passes\": [",
         roles[st->role % 3], statuses[st->status % 5], st->channels,
         st->page_size, st->total_time_us, st->setup_time_us, st->ram_bytes,
         st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
         st->legacy_zero_pages, st->data_packets, st->sync_packets,
-        st->iterations, st->throughput_gbps);
+        st->iterations, st->throughput_gbps, st->dirty_sync_count,
+        st->dirty_pages, st->dirty_rate_bps, st->bandwidth_bps,
+        st->expected_downtime_ms, st->downtime_us, st->throttle_pct,
+        st->progress_pct);
+    /* Source passes; the destination counts iterations only. */
+    for (uint64_t i = 0; st->role == 1 && i < st->iterations &&
+                         i < MFD_PASS_STATS && n < cap;
+         i++)
+        n += (size_t)snprintf(out + n, cap - n,
+                              "%s{\"bytes\": %" PRIu64 ", \"pages\": %" PRIu64
+                              "}",
+                              i ? ", " : "", st->pass_bytes[i],
+                              st->pass_pages[i]);
+    if (n < cap)
+        n += (size_t)snprintf(out + n, cap - n, "], \"channel\": [");
     for (uint32_t i = 0; i < st->channels && i < MFD_MAX_CHANNELS && n < cap;
          i++) {
         const mfd_channel_stats *c = &st->channel[i];

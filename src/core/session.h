@@ -50,6 +50,10 @@ typedef struct mfd_block {
     bool mapped; /* mapped by the library, unmapped at free */
     int place;   /* destination: MFD_PLACE_*, how normal pages are written */
     int fd;      /* destination file (MFD_PLACE_PWRITE), else -1 */
+    /* Source: pages to send in the current or next pass. */
+    uint64_t *dirty;
+    /* Source, manual tracker: pages marked by mfd_mark_dirty (atomic). */
+    uint64_t *marked;
 } mfd_block;
 
 /*
@@ -131,6 +135,17 @@ struct mfd_session {
     int64_t prealloc;
     int64_t max_total_size;
     int64_t handshake_timeout;
+    int64_t dirty_tracker;
+    int64_t downtime_limit;
+    int64_t max_bandwidth;
+    int64_t max_iterations;
+    int64_t auto_converge;
+    int64_t throttle_initial;
+    int64_t throttle_increment;
+    int64_t throttle_max;
+    int64_t network_timeout;
+    mfd_live_ops live;
+    void *live_opaque;
     char *incoming_dir;
     struct {
         char *block, *path;
@@ -197,6 +212,17 @@ struct mfd_session {
     bool digests_ok;
     bool device_state_done; /* the last DEVICE_STATE chunk arrived */
 
+    /* Source, live migration. */
+    int switchover_requested; /* atomic: mfd_switchover() */
+    bool paused;              /* the pause callback ran */
+    bool in_pause;            /* inside the pause callback */
+    struct mfd_tracker *tracker;
+    uint8_t crc_scope;        /* atomic: 1 in the final pass */
+    /* max-bandwidth: packets are paced on one timeline (rl_lock). */
+    pthread_mutex_t rl_lock;
+    uint64_t rl_rate;         /* atomic: bytes per second, 0 = off */
+    uint64_t rl_next_us;      /* when the next packet may start */
+
     /* Counters (atomic where threads share them). */
     uint64_t t_start, t_setup, t_end;
     uint64_t main_bytes;
@@ -204,6 +230,17 @@ struct mfd_session {
     uint64_t legacy_zero_pages;
     uint64_t data_packets; /* packets listing pages (COMPLETE's count) */
     uint64_t iterations;
+    uint64_t t_pause;
+    uint64_t dirty_sync_count;
+    uint64_t dirty_pages; /* left to send: set in the dirty bitmaps */
+    uint64_t dirty_rate_bps;
+    uint64_t bandwidth_bps;
+    uint64_t expected_downtime_ms;
+    uint64_t downtime_us;
+    int throttle_pct;
+    int progress_pct;
+    uint64_t pass_bytes[MFD_PASS_STATS];
+    uint64_t pass_pages[MFD_PASS_STATS];
 };
 
 /* Records the first error and wakes every waiter. Always returns -code. */

@@ -367,8 +367,10 @@ static int wait_listener(mfd_session *s, int main_fd)
 static int accept_one(mfd_session *s)
 {
     int fd = mfd__sock_accept(s->listen_fd);
-    if (fd >= 0)
+    if (fd >= 0) {
+        mfd__sock_set_timeout(fd, (int)s->network_timeout);
         return fd;
+    }
     if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN ||
         errno == EPROTO)
         return -2;

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@
 #include "common/util.h"
 #include "core/session.h"
 #include "protocol/crc32c.h"
+#include "ram/bitmap.h"
+#include "ram/dirty.h"
 #include "ram/zero.h"
 #include "transport/transport.h"
 
@@ -65,6 +68,30 @@ static int payload_iov(struct iovec *iov, uint8_t *host, const uint64_t *off,
     return n;
 }
 
+/*
+ * max-bandwidth: every packet takes its slot on one timeline shared by all
+ * channels (bytes / rate long) and waits for the slot's start, so over any
+ * interval the channels together send at most the rate plus one packet.
+ * Idle time is not saved up: a slot never starts in the past.
+ */
+static void pace(mfd_session *s, uint64_t bytes)
+{
+    uint64_t rate = __atomic_load_n(&s->rl_rate, __ATOMIC_RELAXED);
+    if (!rate)
+        return;
+    uint64_t now = mfd__now_us();
+    pthread_mutex_lock(&s->rl_lock);
+    uint64_t start = MFD_MAX(s->rl_next_us, now);
+    s->rl_next_us = start + bytes * 1000000 / rate;
+    pthread_mutex_unlock(&s->rl_lock);
+    /* The wake eventfd turns readable on any failure: no long sleep then. */
+    while (start > now && !mfd__failed(s)) {
+        struct pollfd p = {.fd = s->wake_fd, .events = POLLIN};
+        poll(&p, 1, (int)((start - now + 999) / 1000));
+        now = mfd__now_us();
+    }
+}
+
 static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
                         uint32_t zero, const char *name, int iovcnt, bool more)
 {
@@ -73,8 +100,13 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
     size_t plen = mfd__packet_len(s->ppp);
     uint32_t next = normal * ps;
     uint64_t num = __atomic_fetch_add(&s->packet_num, 1, __ATOMIC_RELAXED);
-    /* Memory is not changing in a one-pass migration: CRC covers it all. */
-    uint8_t scope = (s->features & MFD_FEAT_CRC) ? 1 : 0;
+    /*
+     * Pages read from live memory may change between checksum and send:
+     * the CRC covers the payload only in the final pass (PROTOCOL.md 2.2).
+     */
+    uint8_t scope = (s->features & MFD_FEAT_CRC)
+                        ? __atomic_load_n(&s->crc_scope, __ATOMIC_RELAXED)
+                        : 0;
 
     mfd__packet_fill(ch->packet, s->ppp, flags, normal, zero, next, num, scope,
                      name);
@@ -86,6 +118,7 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
     }
     ch->iov[0].iov_base = ch->packet;
     ch->iov[0].iov_len = plen;
+    pace(s, plen + next);
     /*
      * A packet without payload is 1344 bytes. With another batch already
      * queued behind it, MSG_MORE lets the kernel send it together with the
@@ -276,8 +309,76 @@ static int legacy_add(mfd_session *s, legacy_zero_buf *z, uint32_t block,
     return 0;
 }
 
-/* One pass over every page of every block (the first pass: all dirty). */
-static int walk_all(mfd_session *s)
+/* ---- passes ------------------------------------------------------------ */
+
+static uint64_t channel_bytes(mfd_session *s)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->nchan; i++)
+        n += MFD_STAT_GET(s->sc[i].st.bytes);
+    return n;
+}
+
+/*
+ * The migration thread's measurements: the send rate over 100 ms windows
+ * (closed as batches are queued, and at the end of a pass), and the
+ * progress figure.
+ */
+typedef struct {
+    uint64_t pass_t0, pass_b0;  /* start of the pass: time, channel bytes */
+    uint64_t win_t0, win_b0;    /* start of the open window */
+    uint64_t win_us, win_bytes; /* closed windows of this pass */
+    uint64_t queued;            /* pages queued over all passes */
+} meter;
+
+static void meter_window(mfd_session *s, meter *m, bool force)
+{
+    uint64_t now = mfd__now_us();
+    if (!force && now - m->win_t0 < 100000)
+        return;
+    uint64_t b = channel_bytes(s);
+    m->win_us += now - m->win_t0;
+    m->win_bytes += b - m->win_b0;
+    m->win_t0 = now;
+    m->win_b0 = b;
+}
+
+static void meter_pass_begin(mfd_session *s, meter *m)
+{
+    m->pass_t0 = m->win_t0 = mfd__now_us();
+    m->pass_b0 = m->win_b0 = channel_bytes(s);
+    m->win_us = m->win_bytes = 0;
+}
+
+/* After each queued batch: the windows and the progress figure. */
+static void meter_tick(mfd_session *s, meter *m, uint32_t pages)
+{
+    m->queued += pages;
+    uint64_t left = MFD_STAT_GET(s->dirty_pages);
+    int pct = (int)(m->queued * 100 / (m->queued + left));
+    if (pct > MFD_STAT_GET(s->progress_pct))
+        MFD_STAT_SET(s->progress_pct, pct);
+    meter_window(s, m, false);
+}
+
+/*
+ * Hands the filled batch to a channel, and keeps the measurements. A page
+ * that is queued is no longer dirty.
+ */
+static int queue_counted(mfd_session *s, meter *m)
+{
+    uint32_t pages = s->cur->num;
+    if (queue_batch(s))
+        return -1;
+    meter_tick(s, m, pages);
+    return 0;
+}
+
+/*
+ * One pass: every page set in the blocks' dirty bitmaps, which it clears.
+ * In legacy mode zero pages go to the main channel as ZERO_PAGES.
+ */
+static int walk_dirty(mfd_session *s, meter *m)
 {
     uint32_t ps = (uint32_t)s->page_size;
     bool legacy = s->zpd == MFD_ZPD_LEGACY;
@@ -288,31 +389,198 @@ static int walk_all(mfd_session *s)
     int rc = 0;
     for (int bi = 0; bi < s->nblocks && !rc; bi++) {
         mfd_block *b = &s->blocks[bi];
-        for (uint64_t off = 0; off < b->length; off += ps) {
+        uint64_t words = (b->pages + 63) / 64;
+        for (uint64_t w = 0; w < words && !rc; w++) {
+            uint64_t bits = b->dirty[w];
+            if (!bits)
+                continue;
             if (mfd__failed(s)) {
                 rc = -1;
                 break;
             }
-            if (legacy && mfd__buffer_is_zero(b->host + off, ps)) {
-                if ((rc = legacy_add(s, z, (uint32_t)bi, off)))
+            b->dirty[w] = 0;
+            MFD_STAT_ADD(s->dirty_pages,
+                         -(uint64_t)__builtin_popcountll(bits));
+            for (; bits; bits &= bits - 1) {
+                uint64_t off = (w * 64 + (uint64_t)__builtin_ctzll(bits)) * ps;
+                if (legacy && mfd__buffer_is_zero(b->host + off, ps)) {
+                    if ((rc = legacy_add(s, z, (uint32_t)bi, off)))
+                        break;
+                    m->queued++;
+                    continue;
+                }
+                if (s->cur->num && s->cur->block != (uint32_t)bi &&
+                    (rc = queue_counted(s, m)))
                     break;
-                continue;
+                s->cur->block = (uint32_t)bi;
+                s->cur->offset[s->cur->num++] = off;
+                if (s->cur->num == s->ppp && (rc = queue_counted(s, m)))
+                    break;
             }
-            if (s->cur->num && s->cur->block != (uint32_t)bi &&
-                (rc = queue_batch(s)))
-                break;
-            s->cur->block = (uint32_t)bi;
-            s->cur->offset[s->cur->num++] = off;
-            if (s->cur->num == s->ppp && (rc = queue_batch(s)))
-                break;
         }
     }
     if (!rc && s->cur->num)
-        rc = queue_batch(s);
+        rc = queue_counted(s, m);
     if (!rc && legacy)
         rc = legacy_flush(s, z);
     free(z);
     return rc;
+}
+
+/* Marks every page dirty: the first pass sends them all. */
+static int dirty_all(mfd_session *s)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (!b->dirty && !(b->dirty = mfd__bitmap_new(b->pages)))
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        uint64_t words = (b->pages + 63) / 64;
+        memset(b->dirty, 0xff, words * 8);
+        if (b->pages % 64)
+            b->dirty[words - 1] = (UINT64_C(1) << (b->pages % 64)) - 1;
+        n += b->pages;
+    }
+    MFD_STAT_SET(s->dirty_pages, n);
+    return 0;
+}
+
+static void pause_writers(mfd_session *s)
+{
+    if (s->live.pause) {
+        s->in_pause = true;
+        s->live.pause(s->live_opaque);
+        s->in_pause = false;
+    }
+    s->paused = true;
+    MFD_STAT_SET(s->t_pause, mfd__now_us());
+}
+
+static void set_throttle(mfd_session *s, int pct)
+{
+    if (pct == MFD_STAT_GET(s->throttle_pct))
+        return;
+    MFD_STAT_SET(s->throttle_pct, pct);
+    if (s->live.throttle)
+        s->live.throttle(s->live_opaque, pct);
+}
+
+/*
+ * auto-converge, QEMU's rule: when the pages dirtied during a pass exceed
+ * half of the bytes the pass sent, twice, throttle the writers harder.
+ */
+static void auto_converge(mfd_session *s, const mfd_pass_info *p, int *high)
+{
+    if (!s->auto_converge || p->dirty_pages * (uint64_t)s->page_size <=
+                                 p->bytes / 2)
+        return;
+    if (++*high < 2)
+        return;
+    *high = 0;
+    int cur = MFD_STAT_GET(s->throttle_pct);
+    int next = cur ? cur + (int)s->throttle_increment
+                   : (int)s->throttle_initial;
+    set_throttle(s, (int)MFD_MIN(next, s->throttle_max));
+}
+
+/* Ends a pass: SYNC and ITERATION_END, then its figures. */
+static int end_pass(mfd_session *s, meter *m, uint64_t pass, bool final,
+                    mfd_pass_info *p)
+{
+    if (sync_channels(s, pass))
+        return -1;
+    meter_window(s, m, true);
+    uint64_t now = mfd__now_us();
+    memset(p, 0, sizeof(*p));
+    p->pass = pass;
+    p->final = final;
+    p->bytes = channel_bytes(s) - m->pass_b0;
+    p->time_us = now - m->pass_t0;
+    if (m->win_us)
+        MFD_STAT_SET(s->bandwidth_bps, m->win_bytes * 1000000 / m->win_us);
+    p->bandwidth_bps = MFD_STAT_GET(s->bandwidth_bps);
+    p->throttle_pct = MFD_STAT_GET(s->throttle_pct);
+    if (pass <= MFD_PASS_STATS)
+        MFD_STAT_SET(s->pass_bytes[pass - 1], p->bytes);
+    return 0;
+}
+
+/*
+ * Pre-copy (DESIGN.md 5): passes while the writers run, each followed by a
+ * dirty sync, until the expected downtime fits the limit (or max-iterations,
+ * or mfd_switchover()); then pause, the last sync and the final pass. With
+ * no tracker the memory is not changing: pause and one pass.
+ */
+static int precopy(mfd_session *s)
+{
+    bool live = s->dirty_tracker != MFD_TRACKER_NONE;
+    uint32_t ps = (uint32_t)s->page_size;
+    meter m = {0};
+    int high = 0;
+    uint64_t last_sync = mfd__now_us();
+
+    if (dirty_all(s))
+        return -1;
+    if (live && mfd__tracker_start(s))
+        return -1;
+    if (!live)
+        pause_writers(s);
+    __atomic_store_n(&s->rl_rate, (uint64_t)s->max_bandwidth,
+                     __ATOMIC_RELAXED);
+
+    for (uint64_t pass = 1;; pass++) {
+        bool final = s->paused;
+        /* Memory no longer changes: the CRC may cover the payload. */
+        __atomic_store_n(&s->crc_scope, final ? 1 : 0, __ATOMIC_RELAXED);
+        meter_pass_begin(s, &m);
+        uint64_t q0 = m.queued;
+        if (walk_dirty(s, &m))
+            return -1;
+        mfd_pass_info p;
+        if (end_pass(s, &m, pass, final, &p))
+            return -1;
+        p.pages = m.queued - q0;
+        if (pass <= MFD_PASS_STATS)
+            MFD_STAT_SET(s->pass_pages[pass - 1], p.pages);
+        if (final) {
+            if (s->live.progress)
+                s->live.progress(s->live_opaque, &p);
+            return 0;
+        }
+
+        uint64_t dirty;
+        if (mfd__tracker_sync(s, &dirty))
+            return -1;
+        uint64_t now = mfd__now_us();
+        MFD_STAT_ADD(s->dirty_sync_count, 1);
+        MFD_STAT_SET(s->dirty_pages, dirty);
+        p.dirty_pages = dirty;
+        p.dirty_rate_bps = dirty * ps * 1000000 / MFD_MAX(now - last_sync, 1);
+        last_sync = now;
+        p.expected_downtime_ms =
+            p.bandwidth_bps ? dirty * ps * 1000 / p.bandwidth_bps
+                            : (dirty ? UINT64_MAX : 0);
+        MFD_STAT_SET(s->dirty_rate_bps, p.dirty_rate_bps);
+        MFD_STAT_SET(s->expected_downtime_ms, p.expected_downtime_ms);
+        if (s->live.progress)
+            s->live.progress(s->live_opaque, &p);
+
+        bool converged = p.expected_downtime_ms <= (uint64_t)s->downtime_limit;
+        bool capped = s->max_iterations && pass >= (uint64_t)s->max_iterations;
+        bool asked = __atomic_load_n(&s->switchover_requested,
+                                     __ATOMIC_ACQUIRE);
+        if (converged || capped || asked) {
+            pause_writers(s);
+            if (mfd__tracker_sync(s, &dirty))
+                return -1;
+            MFD_STAT_ADD(s->dirty_sync_count, 1);
+            MFD_STAT_SET(s->dirty_pages, dirty);
+            /* The writers wait: the final pass goes at full speed. */
+            __atomic_store_n(&s->rl_rate, 0, __ATOMIC_RELAXED);
+        } else {
+            auto_converge(s, &p, &high);
+        }
+    }
 }
 
 /* ---- setup ------------------------------------------------------------- */
@@ -385,6 +653,7 @@ static int handshake(mfd_session *s, const mfd_uri *u)
     s->main_fd = mfd__sock_connect(u, err, sizeof(err));
     if (s->main_fd < 0)
         return mfd__fail(s, MFD_ESYS, "%s", err);
+    mfd__sock_set_timeout(s->main_fd, (int)s->network_timeout);
 
     uint8_t pre[MFD_PREAMBLE_LEN];
     uint32_t version;
@@ -508,6 +777,7 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         int fd = mfd__sock_connect(u, err, sizeof(err));
         if (fd < 0)
             return mfd__fail(s, MFD_ESYS, "channel %u: %s", i, err);
+        mfd__sock_set_timeout(fd, (int)s->network_timeout);
         mfd__set_chan_fd(s, &ch->fd, fd);
         uint8_t init[MFD_INIT_LEN];
         mfd__init_encode(init, s->uuid, (uint8_t)i);
@@ -735,6 +1005,10 @@ int mfd__migrate(mfd_session *s, const char *uri)
     s->method = MFD_METHOD_NONE;
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__fail(s, MFD_EURI, "%s", err);
+    if (s->dirty_tracker != MFD_TRACKER_NONE && !s->live.pause)
+        return mfd__fail(s, MFD_EINVAL,
+                         "a live migration (dirty tracker) needs a pause "
+                         "callback (mfd_set_live_ops)");
 
     int rc = mfd__failed(s) ? -1 : 0;
     if (!rc)
@@ -750,22 +1024,30 @@ int mfd__migrate(mfd_session *s, const char *uri)
     if (!rc) {
         MFD_STAT_SET(s->t_setup, mfd__now_us());
         __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
-        rc = walk_all(s);
+        rc = precopy(s);
     }
-    if (!rc)
-        rc = sync_channels(s, 1);
     if (!rc)
         rc = send_completion(s);
 
-    if (rc || mfd__failed(s)) {
+    bool ok = !rc && !mfd__failed(s);
+    if (!ok) {
         mfd__send_error_record(s);
         wait_for_reason(s);
-        mfd__session_release_runtime(s);
-        MFD_STAT_SET(s->t_end, mfd__now_us());
+    }
+    uint64_t end = mfd__now_us();
+    mfd__session_release_runtime(s);
+    mfd__tracker_stop(s);
+    set_throttle(s, 0);
+    MFD_STAT_SET(s->t_end, end);
+    if (!ok) {
+        /* The memory is the writers' again. */
+        if (s->paused && s->live.resume)
+            s->live.resume(s->live_opaque);
+        s->paused = false;
         return -mfd__error_code(s);
     }
-    MFD_STAT_SET(s->t_end, mfd__now_us());
+    MFD_STAT_SET(s->downtime_us, end - MFD_STAT_GET(s->t_pause));
+    MFD_STAT_SET(s->progress_pct, 100);
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
-    mfd__session_release_runtime(s);
     return 0;
 }

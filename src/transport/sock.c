@@ -90,6 +90,26 @@ static void sock_tune(int fd, int family)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+void mfd__sock_set_timeout(int fd, int timeout_ms)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (timeout_ms <= 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) ||
+        ss.ss_family == AF_UNIX)
+        return;
+    /*
+     * Unacknowledged data older than the timeout ends the connection; an
+     * idle one is probed from a third of it on, every third of it.
+     */
+    unsigned ut = (unsigned)timeout_ms;
+    int one = 1, probe = MFD_MAX(1, timeout_ms / 3000), cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &probe, sizeof(probe));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &probe, sizeof(probe));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
 int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen)
 {
     if (u->kind == MFD_URI_UNIX) {

@@ -37,6 +37,13 @@ int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen);
 int mfd__sock_listen(const mfd_uri *u, char *bound, size_t boundlen,
                      char *err, size_t errlen);
 
+/*
+ * TCP: fail the connection when the peer has not acknowledged data, or not
+ * answered keepalive probes, for timeout_ms (TCP_USER_TIMEOUT, keepalive),
+ * so a cut network is noticed. Nothing for Unix sockets or timeout_ms <= 0.
+ */
+void mfd__sock_set_timeout(int fd, int timeout_ms);
+
 /* Accepts one connection (TCP_NODELAY, close-on-exec); -1 on error. */
 int mfd__sock_accept(int lfd);
 
