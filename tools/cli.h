@@ -23,6 +23,35 @@ bool cli_parse_size(const char *text, uint64_t *out);
 void cli_progress_start(mfd_session *s, uint64_t total, int ms);
 void cli_progress_stop(void);
 
+/* ---- migration parameters shared by send and demo (params.c) ---- */
+
+#include <getopt.h>
+
+/* Help text of the shared migration options. */
+extern const char cli_migration_usage[];
+/*
+ * Writes the subcommand's own options followed by the shared ones into
+ * out[cap] (terminated); returns the count.
+ */
+size_t cli_options_build(const struct option *own, struct option *out,
+                         size_t cap);
+/*
+ * Applies a shared option: 0 when set, -1 when refused (the reason in
+ * mfd_last_error), 1 when `val` is not a shared option.
+ */
+int cli_migration_option(mfd_session *s, int val, const char *arg);
+
+typedef enum { CLI_PROGRESS_HUMAN, CLI_PROGRESS_JSON } cli_progress_kind;
+/*
+ * Parses --progress's optional argument ("json" may also be the next word);
+ * false for an unknown mode.
+ */
+bool cli_progress_mode(const char *arg, int argc, char **argv,
+                       cli_progress_kind *kind);
+/* Prints one pass: a human line, or one JSON object per line. */
+void cli_print_pass(FILE *f, cli_progress_kind kind, const mfd_pass_info *p,
+                    uint32_t page_size);
+
 /* Synthetic guest contents (guest.c). */
 typedef enum {
     GUEST_ZERO,
@@ -37,6 +66,17 @@ bool guest_content_parse(const char *name, guest_content *out);
 void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed);
 /* Counts the all-zero 4 KiB pages. */
 uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len);
+/*
+ * Self-checking pages (the live demo): stamps a page with its checksum and
+ * write counter; checks one (0: intact or all zero, -1: torn or misplaced;
+ * *counter the write counter, 0 for a zero page); stamps every non-zero
+ * page of a fresh guest with counter 1; rewrites a page as a writer does
+ * (a new content and counter, or, one time in eight, all zero).
+ */
+void guest_stamp(uint8_t *page, uint64_t index, uint64_t counter);
+int guest_page_check(const uint8_t *page, uint64_t index, uint64_t *counter);
+void guest_stamp_all(uint8_t *buf, uint64_t len);
+void guest_rewrite(uint8_t *page, uint64_t index, uint64_t *rng);
 
 /*
  * A destination in a child process, as the demo and the bench run it: the

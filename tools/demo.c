@@ -6,18 +6,51 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "cli.h"
 
+#define MFD_DEMO_MAX(a, b) ((a) > (b) ? (a) : (b))
+
 /* ---- the destination child --------------------------------------------- */
+
+/*
+ * The live demo's check table, shared with the child (MAP_SHARED): for
+ * every page of the guest, in block order, the destination's XXH3-64 of the
+ * page and its write counter.
+ */
+static struct page_check {
+    uint64_t hash, counter;
+} *g_table;
+static uint64_t g_table_pages;
+
+/* Fills g_table from the received blocks; reports torn pages. */
+static void child_check_pages(FILE *out, mfd_session *s)
+{
+    uint64_t index = 0, torn = 0;
+    for (int i = 0; i < mfd_block_count(s); i++) {
+        mfd_block_info b;
+        mfd_block_get(s, i, &b);
+        for (uint64_t off = 0; off + 4096 <= b.length && index < g_table_pages;
+             off += 4096, index++) {
+            const uint8_t *page = (const uint8_t *)b.host + off;
+            g_table[index].hash = XXH3_64bits(page, 4096);
+            if (guest_page_check(page, index, &g_table[index].counter) &&
+                torn++ < 5)
+                fprintf(out, "torn %s 0x%" PRIx64 "\n", b.name, off);
+        }
+    }
+    fprintf(out, "checked %" PRIu64 " %" PRIu64 "\n", index, torn);
+}
 
 static void child_main(int wfd, const char *listen_uri, bool prealloc,
                        bool print_stats)
@@ -48,6 +81,13 @@ static void child_main(int wfd, const char *listen_uri, bool prealloc,
         fprintf(out, "digest %016llx %s\n",
                 (unsigned long long)XXH3_64bits(b.host, b.length), b.name);
     }
+    const void *dev;
+    size_t dev_len;
+    if (!mfd_get_device_state(s, &dev, &dev_len))
+        fprintf(out, "device %zu %016llx\n", dev_len,
+                (unsigned long long)XXH3_64bits(dev, dev_len));
+    if (g_table)
+        child_check_pages(out, s);
     fprintf(out, "ok\n");
     fclose(out);
     mfd_session_free(s);
@@ -94,6 +134,15 @@ int dest_child_start(dest_child *d, const char *listen_uri, int channels,
     return 0;
 }
 
+/* The child's report beyond the digests (live demo). */
+static struct {
+    char torn[5][300];
+    int ntorn_lines;
+    uint64_t checked, torn_pages;
+    bool have_checked, have_device;
+    uint64_t device_len, device_hash;
+} g_report;
+
 int dest_child_finish(dest_child *d, uint64_t *digests, int n, char *err,
                       size_t errlen)
 {
@@ -107,6 +156,15 @@ int dest_child_finish(dest_child *d, uint64_t *digests, int n, char *err,
             digests[got++] = strtoull(line + 7, NULL, 16);
         else if (!strcmp(line, "ok"))
             ok = 1;
+        else if (!strncmp(line, "torn ", 5) && g_report.ntorn_lines < 5)
+            snprintf(g_report.torn[g_report.ntorn_lines++],
+                     sizeof(g_report.torn[0]), "%.290s", line + 5);
+        else if (sscanf(line, "checked %" SCNu64 " %" SCNu64,
+                        &g_report.checked, &g_report.torn_pages) == 2)
+            g_report.have_checked = true;
+        else if (sscanf(line, "device %" SCNu64 " %" SCNx64,
+                        &g_report.device_len, &g_report.device_hash) == 2)
+            g_report.have_device = true;
         else if (!strncmp(line, "error ", 6))
             snprintf(err, errlen, "%s", line + 6);
     }
@@ -124,152 +182,444 @@ int dest_child_finish(dest_child *d, uint64_t *digests, int n, char *err,
     return 0;
 }
 
+/* ---- the live guest's writers ------------------------------------------- */
+
+/*
+ * Writer threads rewrite random pages at a combined --dirty-rate, as a
+ * running guest's vCPUs do. The library's pause callback stops them (each
+ * finishes the page it is writing), resume restarts them, and its throttle
+ * callback slows them as QEMU's CPU throttle slows vCPUs.
+ */
+typedef struct {
+    uint8_t *guest;
+    uint64_t pages;
+    uint64_t ram_pages; /* pages of pc.ram; vga.vram follows */
+    uint64_t rate;      /* bytes per second, per writer */
+    mfd_session *s;     /* manual tracker: mark written pages */
+    bool manual;
+    int nwriters;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool pause, stop;
+    int paused;
+    int throttle;         /* percent, atomic */
+    uint64_t writes;      /* pages written, atomic */
+    uint64_t device_blob[64]; /* the "device state": writer counters */
+} writers;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* Returns false once the writers are told to stop. */
+static bool writer_wait_if_paused(writers *w)
+{
+    if (!__atomic_load_n(&w->pause, __ATOMIC_ACQUIRE) &&
+        !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+        return true;
+    pthread_mutex_lock(&w->lock);
+    w->paused++;
+    pthread_cond_broadcast(&w->cond);
+    while (w->pause && !w->stop)
+        pthread_cond_wait(&w->cond, &w->lock);
+    w->paused--;
+    bool go = !w->stop;
+    pthread_mutex_unlock(&w->lock);
+    return go;
+}
+
+typedef struct {
+    writers *w;
+    int id;
+    pthread_t thread;
+} writer_arg;
+
+static void *writer_main(void *arg)
+{
+    writer_arg *a = arg;
+    writers *w = a->w;
+    uint64_t rng = 0x5eed + (uint64_t)a->id * 7919;
+    double allowance = 0;
+    uint64_t last = now_us();
+    while (writer_wait_if_paused(w)) {
+        uint64_t now = now_us();
+        int thr = __atomic_load_n(&w->throttle, __ATOMIC_RELAXED);
+        /* Throttled writers get (100 - throttle)% of their time. */
+        double rate = (double)w->rate * (100 - thr) / 100.0;
+        allowance += (double)(now - last) * rate / 1e6;
+        if (allowance > rate / 100)
+            allowance = rate / 100; /* at most a 10 ms burst */
+        last = now;
+        if (allowance < 4096 || rate <= 0) {
+            double wait = rate > 0 ? (4096 - allowance) * 1e6 / rate : 10000;
+            struct timespec ts = {0, (long)(MFD_DEMO_MAX(wait, 200.0) * 1000)};
+            if (ts.tv_nsec >= 1000000000L)
+                ts.tv_nsec = 999999999L;
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        allowance -= 4096;
+        uint64_t x = rng += UINT64_C(0x9e3779b97f4a7c15);
+        x = (x ^ (x >> 31)) * UINT64_C(0xbf58476d1ce4e5b9);
+        uint64_t p = (x ^ (x >> 29)) % w->pages;
+        guest_rewrite(w->guest + p * 4096, p, &rng);
+        if (w->manual) {
+            int block = p < w->ram_pages ? 0 : 1;
+            uint64_t off = (block ? p - w->ram_pages : p) * 4096;
+            mfd_mark_dirty(w->s, block, off, 4096);
+        }
+        __atomic_fetch_add(&w->writes, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static void writers_pause(void *opaque)
+{
+    writers *w = opaque;
+    pthread_mutex_lock(&w->lock);
+    __atomic_store_n(&w->pause, true, __ATOMIC_RELEASE);
+    while (w->paused < w->nwriters)
+        pthread_cond_wait(&w->cond, &w->lock);
+    pthread_mutex_unlock(&w->lock);
+    /* The device state as of the pause: what the writers did. */
+    w->device_blob[0] = __atomic_load_n(&w->writes, __ATOMIC_RELAXED);
+    w->device_blob[1] = now_us();
+    mfd_set_device_state(w->s, w->device_blob, sizeof(w->device_blob));
+}
+
+static void writers_resume(void *opaque)
+{
+    writers *w = opaque;
+    pthread_mutex_lock(&w->lock);
+    w->pause = false;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void writers_throttle(void *opaque, int pct)
+{
+    writers *w = opaque;
+    __atomic_store_n(&w->throttle, pct, __ATOMIC_RELAXED);
+}
+
+typedef struct {
+    writers *w;
+    cli_progress_kind kind;
+} demo_ctx;
+
+static demo_ctx *g_demo_ctx;
+
+static void demo_progress(void *opaque, const mfd_pass_info *p)
+{
+    (void)opaque;
+    cli_print_pass(stdout, g_demo_ctx->kind, p, 4096);
+}
+
 /* ---- demo -------------------------------------------------------------- */
 
 static const char demo_usage[] =
     "usage: multifd demo [options]\n"
     "\n"
-    "Starts a destination process and migrates a synthetic guest (zero,\n"
-    "random and text-like pages) to it over loopback TCP, showing progress,\n"
-    "then verifies every byte: the destination's XXH3-64 of every block must\n"
-    "equal the source's (feature VERIFY checks the same inside the protocol).\n"
+    "Live-migrates a synthetic guest (zero, random and text-like pages) to a\n"
+    "destination process over loopback TCP while writer threads keep\n"
+    "rewriting its pages, as a running VM's vCPUs do. Pre-copy passes run\n"
+    "until the expected downtime fits --downtime-limit; then the writers are\n"
+    "paused and the rest is sent. Verified: the destination's memory equals\n"
+    "the source's at the pause (XXH3-64 of every page), no page is torn (each\n"
+    "page carries a checksum of itself and a write counter), and the device\n"
+    "state arrived intact.\n"
     "\n"
     "options:\n"
     "  --size S                    guest size (default 1G; K/M/G suffixes)\n"
-    "  --channels N                multifd-channels (default 4)\n"
-    "  --zero-page-detection M     none | legacy | multifd (default multifd)\n"
-    "  --json                      print the source's stats as JSON too\n"
-    "  -h, --help                  this text\n";
+    "  --writers N                 writer threads (default 2; 0 = paused\n"
+    "                              guest)\n"
+    "  --dirty-rate RATE           bytes/s all writers together write\n"
+    "                              (default 256M)\n"
+    "  --dirty-tracker T           uffd-wp (default) | manual\n"
+    "  --progress[=json]           pass lines as JSON objects on stdout\n"
+    "  --json                      print the source's final stats as JSON\n"
+    "  -h, --help                  this text\n"
+    "\n"
+    "The demo uses 4 channels unless --channels says otherwise.\n";
+
+/* Compares the source (paused) with the destination's table, page by page. */
+static uint64_t compare_pages(const uint8_t *guest, uint64_t pages,
+                              uint64_t ram_pages)
+{
+    uint64_t bad = 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        const uint8_t *page = guest + i * 4096;
+        if (XXH3_64bits(page, 4096) == g_table[i].hash)
+            continue;
+        uint64_t counter;
+        guest_page_check(page, i, &counter);
+        if (bad++ < 5)
+            fprintf(stderr,
+                    "multifd demo: page %s+0x%" PRIx64
+                    " differs: source write counter %" PRIu64
+                    ", destination %" PRIu64 " (%s)\n",
+                    i < ram_pages ? "pc.ram" : "vga.vram",
+                    (i < ram_pages ? i : i - ram_pages) * 4096, counter,
+                    g_table[i].counter,
+                    g_table[i].counter < counter ? "stale" : "wrong");
+    }
+    return bad;
+}
 
 int cmd_demo(int argc, char **argv)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"size", required_argument, 0, 's'},
-        {"channels", required_argument, 0, 'c'},
-        {"zero-page-detection", required_argument, 0, 'z'},
+        {"writers", required_argument, 0, 'w'},
+        {"dirty-rate", required_argument, 0, 'd'},
+        {"dirty-tracker", required_argument, 0, 'T'},
+        {"progress", optional_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    uint64_t size = UINT64_C(1) << 30;
-    const char *channels = "4", *zpd = "multifd";
+    struct option opts[64];
+    cli_options_build(own, opts, 64);
+    uint64_t size = UINT64_C(1) << 30, rate = UINT64_C(256) << 20;
+    long nwriters = 2;
+    const char *tracker = "uffd-wp";
     bool json = false;
-    int c;
+    demo_ctx ctx = {NULL, CLI_PROGRESS_HUMAN};
+    mfd_session *s = mfd_session_new();
+    if (!s) {
+        fprintf(stderr, "multifd demo: error: out of memory\n");
+        return 1;
+    }
+    mfd_set_param(s, MFD_PARAM_CHANNELS, 4);
+    int c, rc = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !rc) {
+        char *end;
         switch (c) {
         case 's':
             if (!cli_parse_size(optarg, &size) || size < (UINT64_C(32) << 20)) {
                 fprintf(stderr, "multifd demo: --size must be at least 32M\n");
-                return 2;
+                rc = 2;
             }
             break;
-        case 'c': channels = optarg; break;
-        case 'z': zpd = optarg; break;
+        case 'w':
+            nwriters = strtol(optarg, &end, 10);
+            if (*end || nwriters < 0 || nwriters > 64) {
+                fprintf(stderr, "multifd demo: --writers must be 0..64\n");
+                rc = 2;
+            }
+            break;
+        case 'd':
+            if (!cli_parse_size(optarg, &rate)) {
+                fprintf(stderr, "multifd demo: --dirty-rate: bad rate '%s'\n",
+                        optarg);
+                rc = 2;
+            }
+            break;
+        case 'T': tracker = optarg; break;
+        case 'P':
+            if (!cli_progress_mode(optarg, argc, argv, &ctx.kind)) {
+                fprintf(stderr, "multifd demo: --progress: human or json\n");
+                rc = 2;
+            }
+            break;
         case 'j': json = true; break;
-        case 'h': fputs(demo_usage, stdout); return 0;
-        default: fputs(demo_usage, stderr); return 2;
+        case 'h':
+            fputs(demo_usage, stdout);
+            fputs(cli_migration_usage, stdout);
+            mfd_session_free(s);
+            return 0;
+        default:
+            rc = cli_migration_option(s, c, optarg);
+            if (rc < 0)
+                fprintf(stderr, "multifd demo: %s\n", mfd_last_error(s));
+            rc = rc ? 2 : 0;
+            if (rc)
+                fputs(demo_usage, stderr);
         }
     }
+    if (!rc && (strcmp(tracker, "uffd-wp") && strcmp(tracker, "manual"))) {
+        fprintf(stderr, "multifd demo: --dirty-tracker: uffd-wp or manual\n");
+        rc = 2;
+    }
+    if (rc) {
+        mfd_session_free(s);
+        return rc;
+    }
     size &= ~(uint64_t)4095;
+    bool live = nwriters > 0;
+    FILE *out = ctx.kind == CLI_PROGRESS_JSON ? stderr : stdout;
 
     /* A guest of two blocks, as a VMM has: main RAM and a small VRAM. */
     uint64_t vram = UINT64_C(16) << 20, ram = size - vram;
-    printf("multifd demo: generating a %.2f GiB guest of mixed content "
-           "(blocks pc.ram %" PRIu64 " MiB, vga.vram %" PRIu64 " MiB)\n",
-           size / 1073741824.0, ram >> 20, vram >> 20);
+    uint64_t pages = size / 4096;
+    fprintf(out,
+            "multifd demo: generating a %.2f GiB guest of mixed content "
+            "(blocks pc.ram %" PRIu64 " MiB, vga.vram %" PRIu64 " MiB)\n",
+            size / 1073741824.0, ram >> 20, vram >> 20);
     uint8_t *guest = mmap(NULL, size, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (guest == MAP_FAILED) {
+    g_table = mmap(NULL, pages * sizeof(*g_table), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (guest == MAP_FAILED || g_table == MAP_FAILED) {
         fprintf(stderr, "multifd demo: error: mmap %" PRIu64 " bytes: %s\n",
                 size, strerror(errno));
+        mfd_session_free(s);
         return 1;
     }
+    g_table_pages = pages;
     guest_fill(guest, size, GUEST_MIXED, 42);
-    uint64_t zero_pages = guest_zero_pages(guest, size);
+    guest_stamp_all(guest, size);
 
+    /* The destination is forked before any thread exists. */
     dest_child d;
     if (dest_child_start(&d, "tcp:127.0.0.1:0", 0, false, true)) {
         fprintf(stderr, "multifd demo: error: could not start the "
                         "destination process\n");
+        mfd_session_free(s);
         return 1;
     }
-    printf("multifd demo: destination process %d listening on %s\n", d.pid,
-           d.uri);
+    fprintf(out, "multifd demo: destination process %d listening on %s\n",
+            d.pid, d.uri);
 
-    mfd_session *s = mfd_session_new();
-    int rc = s ? 0 : -1;
-    if (!rc)
-        rc = mfd_set_param_by_name(s, "multifd-channels", channels);
-    if (!rc)
-        rc = mfd_set_param_by_name(s, "zero-page-detection", zpd);
-    if (!rc)
-        rc = mfd_set_param(s, MFD_PARAM_VERIFY, 1);
+    writers w = {.guest = guest,
+                 .pages = pages,
+                 .ram_pages = ram / 4096,
+                 .rate = live ? rate / (uint64_t)nwriters : 0,
+                 .s = s,
+                 .manual = !strcmp(tracker, "manual"),
+                 .nwriters = (int)nwriters,
+                 .lock = PTHREAD_MUTEX_INITIALIZER,
+                 .cond = PTHREAD_COND_INITIALIZER};
+    ctx.w = &w;
+    mfd_live_ops ops = {.pause = writers_pause,
+                        .resume = writers_resume,
+                        .throttle = writers_throttle,
+                        .progress = demo_progress};
+    mfd_set_live_ops(s, &ops, &w);
+    rc = mfd_set_param_by_name(s, "dirty-tracker", live ? tracker : "none");
     if (!rc)
         rc = mfd_add_block(s, "pc.ram", guest, ram);
     if (!rc)
         rc = mfd_add_block(s, "vga.vram", guest + ram, vram);
-    if (!rc) {
-        printf("multifd demo: migrating over %s channels, zero-page-detection "
-               "%s\n", channels, zpd);
-        fflush(stdout);
-        cli_progress_start(s, size, 250);
-        rc = mfd_migrate(s, d.uri);
-        cli_progress_stop();
+
+    writer_arg *wa = calloc((size_t)MFD_DEMO_MAX(nwriters, 1), sizeof(*wa));
+    int started = 0;
+    for (long i = 0; !rc && wa && i < nwriters; i++) {
+        wa[i] = (writer_arg){&w, (int)i, 0};
+        if (pthread_create(&wa[i].thread, NULL, writer_main, &wa[i]) == 0)
+            started++;
     }
-    if (rc) {
-        fprintf(stderr, "multifd demo: error: %s\n",
-                s ? mfd_last_error(s) : "out of memory");
+    w.nwriters = started;
+    int64_t ch, dl;
+    mfd_get_param(s, MFD_PARAM_CHANNELS, &ch);
+    mfd_get_param(s, MFD_PARAM_DOWNTIME_LIMIT, &dl);
+    if (!rc) {
+        if (live)
+            fprintf(out,
+                    "multifd demo: live migration over %" PRId64
+                    " channels while %d writer(s) dirty %.0f MiB/s "
+                    "(tracker %s, downtime-limit %" PRId64 " ms)\n",
+                    ch, started, rate / 1048576.0, tracker, dl);
+        else
+            fprintf(out, "multifd demo: migrating a paused guest over %" PRId64
+                         " channels\n", ch);
+        fflush(out);
+        g_demo_ctx = &ctx;
+        rc = mfd_migrate(s, d.uri);
+    }
+
+    /* Success leaves the writers paused: the memory is as at the pause. */
+    char err[1400];
+    uint64_t digests[2];
+    bool failed = rc != 0;
+    if (failed) {
+        fprintf(stderr, "multifd demo: error: %s\n", mfd_last_error(s));
         kill(d.pid, SIGTERM);
-        char err[256];
-        uint64_t dg[2];
-        dest_child_finish(&d, dg, 2, err, sizeof(err));
+    }
+    int vrc = dest_child_finish(&d, digests, 2, err, sizeof(err));
+    pthread_mutex_lock(&w.lock);
+    w.stop = true;
+    pthread_cond_broadcast(&w.cond);
+    pthread_mutex_unlock(&w.lock);
+    for (int i = 0; i < started; i++)
+        pthread_join(wa[i].thread, NULL);
+    free(wa);
+    if (failed) {
         mfd_session_free(s);
         return 1;
     }
 
-    uint64_t digests[2], want[2] = {XXH3_64bits(guest, ram),
-                                    XXH3_64bits(guest + ram, vram)};
-    char err[1400];
-    int vrc = dest_child_finish(&d, digests, 2, err, sizeof(err));
-    cli_print_stats(stdout, s, "source: migration completed");
+    mfd_stats *st = malloc(sizeof(*st));
+    if (st)
+        mfd_get_stats(s, st);
+    cli_print_stats(out, s, "source: migration completed");
+    if (st)
+        fprintf(out,
+                "multifd demo: total %.3f s, downtime %.1f ms (pause to "
+                "DONE), %" PRIu64 " passes, %" PRIu64 " pages written by "
+                "the guest meanwhile\n",
+                st->total_time_us / 1e6, st->downtime_us / 1e3,
+                st->iterations, w.writes);
     if (json) {
         char *j = mfd_stats_json(s);
         printf("%s\n", j ? j : "{}");
         free(j);
     }
-    mfd_stats *st = malloc(sizeof(*st));
-    bool counts_ok = false;
-    if (st) {
-        mfd_get_stats(s, st);
-        counts_ok = st->normal_pages + st->zero_pages == size / 4096 &&
-                    (strcmp(zpd, "none") ? st->zero_pages == zero_pages
-                                         : st->zero_pages == 0);
-        free(st);
-    }
-    mfd_session_free(s);
-    munmap(guest, size);
+
+    int bad = 0;
+    uint64_t want[2] = {XXH3_64bits(guest, ram), XXH3_64bits(guest + ram, vram)};
     if (vrc) {
         fprintf(stderr, "multifd demo: error: %s\n", err);
-        return 1;
+        bad = 1;
+    } else {
+        uint64_t differ = compare_pages(guest, pages, ram / 4096);
+        for (int i = 0; i < g_report.ntorn_lines; i++)
+            fprintf(stderr, "multifd demo: torn page at %s\n",
+                    g_report.torn[i]);
+        if (!g_report.have_checked || g_report.checked != pages ||
+            g_report.torn_pages) {
+            fprintf(stderr,
+                    "multifd demo: error: %" PRIu64 " torn page(s) of %" PRIu64
+                    " checked\n",
+                    g_report.torn_pages, g_report.checked);
+            bad = 1;
+        }
+        if (differ || digests[0] != want[0] || digests[1] != want[1]) {
+            fprintf(stderr,
+                    "multifd demo: error: verification failed: %" PRIu64
+                    " page(s) differ from the source at the pause\n",
+                    differ);
+            bad = 1;
+        }
+        if (!g_report.have_device ||
+            g_report.device_len != sizeof(w.device_blob) ||
+            g_report.device_hash !=
+                XXH3_64bits(w.device_blob, sizeof(w.device_blob))) {
+            fprintf(stderr, "multifd demo: error: device state did not "
+                            "arrive intact\n");
+            bad = 1;
+        }
+        if (st && (st->normal_pages + st->zero_pages < pages ||
+                   (!live && st->normal_pages + st->zero_pages != pages))) {
+            fprintf(stderr, "multifd demo: error: %" PRIu64 " pages sent for "
+                            "a guest of %" PRIu64 "\n",
+                    st->normal_pages + st->zero_pages, pages);
+            bad = 1;
+        }
     }
-    if (digests[0] != want[0] || digests[1] != want[1]) {
-        fprintf(stderr,
-                "multifd demo: error: verification failed: destination "
-                "digests %016" PRIx64 " %016" PRIx64 ", source %016" PRIx64
-                " %016" PRIx64 "\n",
-                digests[0], digests[1], want[0], want[1]);
-        return 1;
-    }
-    if (!counts_ok) {
-        fprintf(stderr, "multifd demo: error: page counts do not match the "
-                        "generated guest (%" PRIu64 " zero pages)\n",
-                zero_pages);
-        return 1;
-    }
-    printf("multifd demo: verified: every byte of both blocks matches "
-           "(XXH3-64 pc.ram %016" PRIx64 ", vga.vram %016" PRIx64
-           "); %" PRIu64 " zero pages counted as generated\n",
-           want[0], want[1], zero_pages);
-    return 0;
+    if (!bad)
+        fprintf(out,
+                "multifd demo: verified: all %" PRIu64 " pages equal the "
+                "source's at the pause (XXH3-64 per page; pc.ram %016" PRIx64
+                ", vga.vram %016" PRIx64 "), none torn, device state intact\n",
+                pages, want[0], want[1]);
+    free(st);
+    mfd_session_free(s);
+    munmap(guest, size);
+    munmap(g_table, pages * sizeof(*g_table));
+    return bad;
 }

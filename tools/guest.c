@@ -157,3 +157,84 @@ uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len)
         n += !memcmp(buf + o, zero, PAGE);
     return n;
 }
+
+/*
+ * Self-checking pages for the live demo: a non-zero page starts with an
+ * XXH3-64 (seeded with the page's index in the guest) of the rest of the
+ * page, then a u64 write counter. A page torn by a write racing the
+ * migration, or put at the wrong place, fails its check; a stale page
+ * passes it but carries an older counter than the source's.
+ */
+#include <xxhash.h>
+
+static uint64_t page_hash(const uint8_t *page, uint64_t index)
+{
+    return XXH3_64bits_withSeed(page + 8, PAGE - 8, index);
+}
+
+void guest_stamp(uint8_t *page, uint64_t index, uint64_t counter)
+{
+    memcpy(page + 8, &counter, 8);
+    uint64_t h = page_hash(page, index);
+    memcpy(page, &h, 8);
+}
+
+int guest_page_check(const uint8_t *page, uint64_t index, uint64_t *counter)
+{
+    uint64_t h, c;
+    memcpy(&h, page, 8);
+    memcpy(&c, page + 8, 8);
+    *counter = c;
+    if (h == page_hash(page, index))
+        return 0;
+    /* Zero pages carry no stamp. */
+    static const uint8_t zero[PAGE];
+    *counter = 0;
+    return memcmp(page, zero, PAGE) ? -1 : 0;
+}
+
+typedef struct {
+    uint8_t *buf;
+    uint64_t first, last;
+} stamp_job;
+
+static void *stamp_main(void *arg)
+{
+    stamp_job *j = arg;
+    static const uint8_t zero[PAGE];
+    for (uint64_t i = j->first; i < j->last; i++)
+        if (memcmp(j->buf + i * PAGE, zero, PAGE))
+            guest_stamp(j->buf + i * PAGE, i, 1);
+    return NULL;
+}
+
+void guest_stamp_all(uint8_t *buf, uint64_t len)
+{
+    uint64_t pages = len / PAGE;
+    stamp_job jobs[2] = {{buf, 0, pages / 2}, {buf, pages / 2, pages}};
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, stamp_main, &jobs[1]) == 0;
+    stamp_main(&jobs[0]);
+    if (threaded)
+        pthread_join(t, NULL);
+    else
+        stamp_main(&jobs[1]);
+}
+
+void guest_rewrite(uint8_t *page, uint64_t index, uint64_t *rng)
+{
+    pthread_once(&corpus_once, corpus_build);
+    uint64_t counter, r = splitmix(rng);
+    if (guest_page_check(page, index, &counter))
+        counter = 0;
+    /* One write in eight leaves the page all zero again. */
+    if ((r & 7) == 0) {
+        memset(page, 0, PAGE);
+        return;
+    }
+    if (r & 8)
+        fill_text(page, rng);
+    else
+        fill_random(page, rng);
+    guest_stamp(page, index, counter + 1);
+}

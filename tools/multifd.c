@@ -95,7 +95,10 @@ static void print_progress(void)
         return;
     mfd_get_stats(progress.s, st);
     double done = (double)(st->normal_pages + st->zero_pages) * st->page_size;
-    double pct = progress.total ? 100.0 * done / (double)progress.total : 0;
+    /* A source knows what is left, passes included; a destination does not. */
+    double pct = st->role == 1 ? st->progress_pct
+                 : progress.total ? 100.0 * done / (double)progress.total
+                                  : 0;
     /* One line rewritten in place on a terminal, a line each in a log. */
     fprintf(stderr,
             "%s  progress: %5.1f%%  %.2f / %.2f GB  %.2f GB/s  normal %" PRIu64
@@ -161,16 +164,16 @@ static const char send_usage[] =
     "must be non-zero multiples of the page size. Exits 0 only after the\n"
     "destination answered DONE.\n"
     "\n"
+    "The files' writers are expected to be stopped (one pass); the live\n"
+    "parameters below apply to a live source such as `multifd demo`, and\n"
+    "--max-bandwidth applies here too.\n"
+    "\n"
     "options:\n"
     "  --to URI                    destination (required)\n"
-    "  --channels N                multifd-channels, 1..255 (default 2)\n"
-    "  --zero-page-detection M     none | legacy | multifd (default multifd)\n"
-    "  --page-size N               4096..65536, power of two (default 4096)\n"
-    "  --verify                    feature VERIFY: per-block XXH3-64 checked\n"
-    "                              by the destination\n"
-    "  --crc                       feature CRC: CRC32C on every data packet\n"
-    "  --progress                  print a progress line while running\n"
-    "  --json                      print the stats as one JSON object\n"
+    "  --progress[=json]           a progress line while running and one\n"
+    "                              line per pass (json: one object per pass\n"
+    "                              on stdout)\n"
+    "  --json                      print the final stats as one JSON object\n"
     "  -h, --help                  this text\n";
 
 static void usage_error(const char *cmd, const char *usage, const char *msg)
@@ -184,23 +187,32 @@ static int fail_line(const char *cmd, const char *msg)
     return 1;
 }
 
+typedef struct {
+    cli_progress_kind kind;
+    uint32_t page_size;
+} pass_printer;
+
+static void print_pass_cb(void *opaque, const mfd_pass_info *p)
+{
+    pass_printer *pp = opaque;
+    cli_print_pass(pp->kind == CLI_PROGRESS_JSON ? stdout : stderr, pp->kind,
+                   p, pp->page_size);
+}
+
 static int cmd_send(int argc, char **argv)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"to", required_argument, 0, 't'},
-        {"channels", required_argument, 0, 'c'},
-        {"multifd-channels", required_argument, 0, 'c'},
-        {"zero-page-detection", required_argument, 0, 'z'},
-        {"page-size", required_argument, 0, 'p'},
-        {"verify", no_argument, 0, 'v'},
-        {"crc", no_argument, 0, 'r'},
-        {"progress", no_argument, 0, 'P'},
+        {"progress", optional_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    struct option opts[64];
+    cli_options_build(own, opts, 64);
     const char *to = NULL;
     bool json = false, show_progress = false;
+    pass_printer pp = {CLI_PROGRESS_HUMAN, 4096};
     char msg[1300];
     mfd_session *s = mfd_session_new();
     if (!s)
@@ -212,21 +224,27 @@ static int cmd_send(int argc, char **argv)
         int rc = 0;
         switch (c) {
         case 't': to = optarg; break;
-        case 'c': rc = mfd_set_param_by_name(s, "multifd-channels", optarg); break;
-        case 'z': rc = mfd_set_param_by_name(s, "zero-page-detection", optarg); break;
-        case 'p': rc = mfd_set_param_by_name(s, "page-size", optarg); break;
-        case 'v': rc = mfd_set_param(s, MFD_PARAM_VERIFY, 1); break;
-        case 'r': rc = mfd_set_param(s, MFD_PARAM_CRC, 1); break;
-        case 'P': show_progress = true; break;
+        case 'P':
+            show_progress = true;
+            if (!cli_progress_mode(optarg, argc, argv, &pp.kind)) {
+                usage_error("send", send_usage, "--progress: human or json");
+                mfd_session_free(s);
+                return 2;
+            }
+            break;
         case 'j': json = true; break;
         case 'h':
             fputs(send_usage, stdout);
+            fputs(cli_migration_usage, stdout);
             mfd_session_free(s);
             return 0;
         default:
-            usage_error("send", send_usage, "invalid option");
-            mfd_session_free(s);
-            return 2;
+            rc = cli_migration_option(s, c, optarg);
+            if (rc > 0) {
+                usage_error("send", send_usage, "invalid option");
+                mfd_session_free(s);
+                return 2;
+            }
         }
         if (rc) {
             usage_error("send", send_usage, mfd_last_error(s));
@@ -285,10 +303,15 @@ static int cmd_send(int argc, char **argv)
         rc = fail_line("send", "out of memory");
 
     if (!rc) {
-        if (show_progress)
+        int64_t v;
+        mfd_get_param(s, MFD_PARAM_PAGE_SIZE, &v);
+        pp.page_size = (uint32_t)v;
+        mfd_live_ops ops = {.progress = show_progress ? print_pass_cb : NULL};
+        mfd_set_live_ops(s, &ops, &pp);
+        if (show_progress && pp.kind == CLI_PROGRESS_HUMAN)
             cli_progress_start(s, total, 500);
         int mrc = mfd_migrate(s, to);
-        if (show_progress)
+        if (show_progress && pp.kind == CLI_PROGRESS_HUMAN)
             cli_progress_stop();
         if (mrc) {
             rc = fail_line("send", mfd_last_error(s));
