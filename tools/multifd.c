@@ -353,6 +353,8 @@ static const char recv_usage[] =
     "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
     "                      default: physical memory, or the directory's\n"
     "                      free space\n"
+    "  --network-timeout MS  fail when the source stops acknowledging for that\n"
+    "                      long (default 10000; 0: the kernel's minutes)\n"
     "  --uri-file F        write the resolved listen URI to F once listening\n"
     "  --progress          print a progress line while running\n"
     "  --json              print the stats (and digests) as one JSON object\n"
@@ -380,6 +382,7 @@ static int cmd_recv(int argc, char **argv)
         {"into", required_argument, 0, 'i'},
         {"prealloc", no_argument, 0, 'a'},
         {"max-total-size", required_argument, 0, 'm'},
+        {"network-timeout", required_argument, 0, 'n'},
         {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
         {"progress", no_argument, 0, 'P'},
@@ -387,7 +390,8 @@ static int cmd_recv(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL;
+    const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
+               *net_timeout = NULL;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
     int c;
@@ -398,6 +402,7 @@ static int cmd_recv(int argc, char **argv)
         case 'i': into = optarg; break;
         case 'a': prealloc = true; break;
         case 'm': max = optarg; break;
+        case 'n': net_timeout = optarg; break;
         case 'f':
             if (!strchr(optarg, '=') || optarg[0] == '=') {
                 usage_error("recv", recv_usage, "--file wants NAME=PATH");
@@ -458,6 +463,8 @@ static int cmd_recv(int argc, char **argv)
     if ((!anon && mfd_set_incoming_dir(s, into)) ||
         (prealloc && mfd_set_param(s, MFD_PARAM_PREALLOC, 1)) ||
         (max && mfd_set_param_by_name(s, "max-total-size", max)) ||
+        (net_timeout &&
+         mfd_set_param_by_name(s, "network-timeout", net_timeout)) ||
         mfd_listen(s, listen)) {
         rc = fail_line("recv", mfd_last_error(s));
         mfd_session_free(s);

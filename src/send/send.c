@@ -127,6 +127,12 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
      */
     int rc = mfd__writev_full_flags(ch->fd, ch->iov, iovcnt,
                                     more && !normal ? MSG_MORE : 0);
+    if (rc != MFD_IO_OK && rc == MFD_IO_ERROR && errno == ETIMEDOUT)
+        return mfd__fail(s, MFD_ETIMEDOUT,
+                         "channel %u: packet %" PRIu64 ": the destination "
+                         "stopped acknowledging (network-timeout %" PRId64
+                         " ms)",
+                         ch->id, num, s->network_timeout);
     if (rc != MFD_IO_OK)
         return mfd__fail(s, errno == EPIPE || errno == ECONNRESET ? MFD_ECLOSED
                                                                   : MFD_ESYS,
@@ -820,7 +826,16 @@ static void *return_path(void *arg)
             break;
         }
         if (rc != MFD_IO_OK) {
-            if (!mfd__failed(s))
+            int e = errno;
+            if (mfd__failed(s))
+                break;
+            if (rc == MFD_IO_ERROR && e == ETIMEDOUT)
+                mfd__fail(s, MFD_ETIMEDOUT,
+                          "main channel: the destination stopped answering "
+                          "(no acknowledgement within network-timeout %" PRId64
+                          " ms)",
+                          s->network_timeout);
+            else
                 mfd__fail(s, MFD_ECLOSED,
                           "destination closed the main channel: %s",
                           mfd__io_strerror(rc));
