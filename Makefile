@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live install clean
 
 all: build
 
@@ -46,6 +46,10 @@ test: check
 
 bench: build
 	$(BUILD)/tools/multifd bench $(BENCH_ARGS)
+
+# Live pre-copy: downtime and total time against dirty rate and channels.
+bench-live: build
+	bash bench/live.sh $(BUILD)/tools/multifd
 
 install: build
 	cmake --install $(BUILD)
