@@ -3,7 +3,9 @@
 #   demo-*:     `multifd demo` (writers dirty a self-checking guest while it
 #               migrates to a child process; every page compared with the
 #               source at the pause) with each tracker and zero-page mode,
-#               and --progress json: one object per pass, as many as passes.
+#               and --progress json: one object per pass, as many as passes;
+#               auto-converge: the throttle rises in QEMU's steps until a
+#               guest that outruns the capped bandwidth converges.
 #   kill-dest:  the destination (`multifd recv`) is SIGKILLed mid-pass: the
 #               live source fails within 10 s with one error line, its
 #               writers run again, its memory is intact; a second migration
@@ -81,6 +83,33 @@ print("ok")
 EOF
     if grep -qx ok "$E2E_TMP/$tag.py"; then
         pass "$tag"
+    else
+        fail "$tag" "$(tail -n 1 "$E2E_TMP/$tag.py")"
+    fi
+fi
+
+# auto-converge: the writers outrun the capped bandwidth until the
+# throttle (initial 20%, then +30% every second high pass) slows them.
+tag=demo-auto-converge
+run_fg "$tag" "$E2E_PROC_TIMEOUT" "$MULTIFD" demo --size 32M --writers 1 \
+    --dirty-rate 256M --max-bandwidth 64M --auto-converge \
+    --cpu-throttle-increment 30 --downtime-limit 50 --progress json --json
+if [ "$FG_RC" -ne 0 ]; then
+    fail "$tag" "demo exited $FG_RC"
+    show_file "$E2E_TMP/$tag.err"
+else
+    python3 - "$E2E_TMP/$tag.out" >"$E2E_TMP/$tag.py" 2>&1 <<'EOF2'
+import json, sys
+passes = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{"pass"')]
+thr = [p["throttle_pct"] for p in passes if not p["final"]]
+assert thr == sorted(thr), "throttle went down: %s" % thr
+assert 0 in thr and max(thr) >= 50, "throttle never rose: %s" % thr
+steps = sorted(set(thr))
+assert steps[:3] == [0, 20, 50][:len(steps)], "steps %s" % steps
+print("ok", thr)
+EOF2
+    if grep -q '^ok' "$E2E_TMP/$tag.py"; then
+        pass "$tag: throttle per pass $(sed 's/^ok //' "$E2E_TMP/$tag.py")"
     else
         fail "$tag" "$(tail -n 1 "$E2E_TMP/$tag.py")"
     fi
