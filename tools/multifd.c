@@ -67,6 +67,13 @@ void cli_print_stats(FILE *f, const mfd_session *s, const char *what)
     fprintf(f, "  wire: main channel %" PRIu64 " bytes, data channels %" PRIu64
                " bytes\n",
             st->main_bytes, st->data_bytes);
+    if (st->dirty_sync_count)
+        fprintf(f,
+                "  live: %" PRIu64 " dirty syncs, downtime %.1f ms, last "
+                "dirty rate %.0f MiB/s, bandwidth %.2f GB/s, throttle %d%%\n",
+                st->dirty_sync_count, st->downtime_us / 1e3,
+                st->dirty_rate_bps / 1048576.0, st->bandwidth_bps / 1e9,
+                st->throttle_pct);
     for (uint32_t i = 0; i < st->channels && i < MFD_MAX_CHANNELS; i++) {
         const mfd_channel_stats *c = &st->channel[i];
         fprintf(f,
