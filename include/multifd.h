@@ -184,7 +184,10 @@ typedef enum {
      * the dirty_log callback at each sync). MFD_TRACKER_UFFD_WP: the library
      * write-protects the blocks with asynchronous userfaultfd write-protect
      * and collects written pages with the PAGEMAP_SCAN ioctl; it sees the
-     * writes of this process only. Names: "none", "manual", "uffd-wp".
+     * writes this process makes through the blocks' mapping only (not
+     * write(2) into a shared file or memfd, nor other processes' writes:
+     * report those with the manual tracker). Names: "none", "manual",
+     * "uffd-wp".
      */
     MFD_PARAM_DIRTY_TRACKER = 108,
     /*
@@ -195,8 +198,9 @@ typedef enum {
     MFD_PARAM_DOWNTIME_LIMIT = 109,
     /*
      * "max-bandwidth": bytes per second over all data channels together
-     * (headers and payload), 0 = unlimited (the default). Not applied to
-     * the final pass, which runs while the writers are paused.
+     * (headers and payload), 0 = unlimited (the default). In a live
+     * migration it is lifted for the final pass, which runs while the
+     * writers are paused; without a tracker the one pass is capped.
      */
     MFD_PARAM_MAX_BANDWIDTH = 110,
     /*
@@ -265,10 +269,12 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
  * most 1024 blocks. The memory stays the caller's.
  *
  * On a source, the memory must remain mapped and readable until
- * mfd_migrate() returns; the library never writes it. This version makes
- * one pass over every page: the memory must not change while it runs (a
- * paused guest), or the destination may receive a mix of old and new
- * contents (feature VERIFY would then fail the migration).
+ * mfd_migrate() returns; the library never writes it. Without a dirty
+ * tracker (MFD_PARAM_DIRTY_TRACKER) it makes one pass over every page: the
+ * memory must not change while it runs (a paused guest), or the destination
+ * may receive a mix of old and new contents (feature VERIFY would then fail
+ * the migration). With a tracker the memory may change until the pause
+ * callback returns (see "Live migration").
  *
  * On a destination (before mfd_incoming()), the caller provides the memory
  * to receive into instead of the library mapping it, as a VMM that has

@@ -199,12 +199,12 @@ static int uffd_wp_start(mfd_session *s)
         if (ioctl(t->uffd, UFFDIO_REGISTER, &r))
             return mfd__fail(s, MFD_ESYS,
                              "dirty tracker uffd-wp: block '%s': cannot "
-                             "write-protect this memory (%s); it tracks "
-                             "anonymous, shmem/tmpfs and hugetlbfs mappings%s",
+                             "write-protect this memory (%s); it must be a "
+                             "writable private or shared mapping%s",
                              b->name, strerror(errno),
                              (have & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
                                  ? ""
-                                 : ", and this kernel only anonymous ones");
+                                 : " (this kernel: anonymous memory only)");
         struct uffdio_writeprotect wp = {
             .range = {.start = (uintptr_t)b->host, .len = len},
             .mode = UFFDIO_WRITEPROTECT_MODE_WP};

@@ -112,7 +112,7 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
                      name);
     if (s->features & MFD_FEAT_CRC) {
         uint32_t c = mfd__crc32c(0, ch->packet, plen);
-        for (int i = 1; i < iovcnt; i++)
+        for (int i = 1; scope && i < iovcnt; i++)
             c = mfd__crc32c(c, ch->iov[i].iov_base, ch->iov[i].iov_len);
         mfd__put_be32(ch->packet + MFD_PKT_CRC, c);
     }
