@@ -51,6 +51,15 @@ demo_case demo-1ch-none --writers 1 --dirty-rate 64M --channels 1 \
 # Dirty rate above the capped bandwidth: only max-iterations ends it.
 demo_case demo-forced --writers 2 --dirty-rate 256M --max-bandwidth 128M \
     --max-iterations 3
+demo_case demo-forced-manual --writers 2 --dirty-rate 256M \
+    --max-bandwidth 128M --max-iterations 3 --dirty-tracker manual
+for t in demo-forced demo-forced-manual; do
+    if [ -s "$E2E_TMP/$t.out" ] &&
+        ! grep -q '4 pass(es)' "$E2E_TMP/$t.out"; then
+        fail "$t-passes" "expected 3 live passes and the final one"
+        grep 'pass' "$E2E_TMP/$t.out" | head -n 8
+    fi
+done
 
 tag=demo-progress-json
 run_fg "$tag" "$E2E_PROC_TIMEOUT" "$MULTIFD" demo --size 128M --writers 1 \
