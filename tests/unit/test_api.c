@@ -20,96 +20,27 @@
 #include <cmocka.h>
 
 #include "multifd.h"
+#include "support.h"
 
-typedef struct {
-    mfd_session *s;
-    int rc;
-} dest_run;
-
-static void *dest_main(void *arg)
-{
-    dest_run *d = arg;
-    d->rc = mfd_incoming(d->s);
-    return NULL;
-}
-
-static void quiet(void *opaque, const char *line)
-{
-    (void)opaque;
-    (void)line;
-}
-
-static char sock_path[64];
-
-/* A destination session listening on a fresh Unix socket. */
+/* A destination listening on a fresh Unix socket, at ts_sock_path. */
 static mfd_session *listening_dest(void)
 {
-    snprintf(sock_path, sizeof(sock_path), "unix:/tmp/mfd-api-%d.sock",
-             (int)getpid());
-    mfd_session *d = mfd_session_new();
-    assert_non_null(d);
-    mfd_set_log(d, quiet, NULL);
-    assert_int_equal(mfd_listen(d, sock_path), 0);
-    assert_string_equal(mfd_listen_uri(d), sock_path);
+    mfd_session *d = ts_listening_dest("api");
+    assert_string_equal(mfd_listen_uri(d), ts_sock_path);
     return d;
-}
-
-static uint8_t *make_block(size_t len, unsigned seed, bool zero_runs)
-{
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    assert_true(p != MAP_FAILED);
-    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
-    for (size_t i = 0; i < len; i += 8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        memcpy(p + i, &x, 8);
-    }
-    /* Every third page zero, and a 1 MiB zero run. */
-    for (size_t o = 0; zero_runs && o < len; o += 3 * 4096)
-        memset(p + o, 0, 4096);
-    if (zero_runs && len > (2u << 20))
-        memset(p + (1u << 20), 0, 1u << 20);
-    return p;
-}
-
-static uint64_t zero_pages(const uint8_t *p, size_t len)
-{
-    static const uint8_t z[4096];
-    uint64_t n = 0;
-    for (size_t o = 0; o < len; o += 4096)
-        n += !memcmp(p + o, z, 4096);
-    return n;
 }
 
 static void check_stats_agree(mfd_session *src, mfd_session *dst,
                               uint64_t pages, uint64_t zeros)
 {
-    mfd_stats *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
-    assert_int_equal(mfd_get_stats(src, a), 0);
-    assert_int_equal(mfd_get_stats(dst, b), 0);
-    assert_int_equal(a->role, 1);
-    assert_int_equal(b->role, 2);
-    assert_int_equal(a->status, 3);
-    assert_int_equal(b->status, 3);
+    mfd_stats *a, *b;
+    ts_stats_completed(src, dst, &a, &b);
     assert_int_equal(a->normal_pages + a->zero_pages, pages);
     assert_int_equal(a->zero_pages, zeros);
-    assert_int_equal(a->normal_pages, b->normal_pages);
-    assert_int_equal(a->zero_pages, b->zero_pages);
-    assert_int_equal(a->data_packets, b->data_packets);
-    assert_int_equal(a->data_bytes, b->data_bytes);
-    assert_int_equal(a->main_bytes, b->main_bytes);
     assert_int_equal(a->ram_bytes, pages * 4096);
     assert_int_equal(a->iterations, 1);
-    uint64_t n = 0, z = 0;
-    for (uint32_t i = 0; i < a->channels; i++) {
-        n += a->channel[i].normal_pages;
-        z += a->channel[i].zero_pages;
-        assert_int_equal(a->channel[i].sync_packets, 1);
-    }
-    assert_int_equal(n, a->normal_pages);
-    assert_int_equal(z, a->zero_pages);
+    /* One pass: one sync a channel; the channels sent every zero page. */
+    assert_int_equal(ts_check_received(a, b, 1), a->zero_pages);
     char *j = mfd_stats_json(src);
     assert_non_null(j);
     assert_non_null(strstr(j, "\"role\": \"source\""));
@@ -127,49 +58,40 @@ static void test_migrate_and_compare(void **state)
     uint64_t pages = 0, zeros = 0;
 
     mfd_session *d = listening_dest();
-    dest_run dr = {d, -1};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    ts_dest dt;
+    ts_dest_start(&dt, d);
 
     mfd_session *s = mfd_session_new();
     assert_int_equal(mfd_set_param(s, MFD_PARAM_CHANNELS, 3), 0);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_VERIFY, 1), 0);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_CRC, 1), 0);
     for (int i = 0; i < 3; i++) {
-        blk[i] = make_block(lens[i], (unsigned)i + 1, true);
+        blk[i] = ts_make_block(lens[i], (unsigned)i + 1, true);
         pages += lens[i] / 4096;
-        zeros += zero_pages(blk[i], lens[i]);
+        zeros += ts_zero_pages(blk[i], lens[i]);
         assert_int_equal(mfd_add_block(s, names[i], blk[i], lens[i]), 0);
     }
     /* A device state of more than one chunk (1 MiB) travels whole. */
     size_t dlen = (3u << 20) / 2 + 7;
-    uint8_t *dev = make_block((dlen + 4095) & ~(size_t)4095, 99, false);
+    uint8_t *dev = ts_make_block((dlen + 4095) & ~(size_t)4095, 99, false);
     assert_int_equal(mfd_set_device_state(s, dev, dlen), 0);
     const void *got;
     size_t glen;
     assert_int_equal(mfd_get_device_state(d, &got, &glen), -MFD_ESTATE);
-    int rc = mfd_migrate(s, sock_path);
+    int rc = mfd_migrate(s, ts_sock_path);
     if (rc)
         fail_msg("migrate: %s", mfd_last_error(s));
-    pthread_join(t, NULL);
-    if (dr.rc)
+    if (ts_dest_join(&dt))
         fail_msg("incoming: %s", mfd_last_error(d));
     assert_int_equal(mfd_get_device_state(d, &got, &glen), 0);
     assert_int_equal(glen, dlen);
     assert_memory_equal(got, dev, dlen);
     munmap(dev, (dlen + 4095) & ~(size_t)4095);
 
-    assert_int_equal(mfd_block_count(d), 3);
-    for (int i = 0; i < 3; i++) {
-        mfd_block_info bi;
-        assert_int_equal(mfd_block_get(d, i, &bi), 0);
-        assert_string_equal(bi.name, names[i]);
-        assert_int_equal(bi.length, lens[i]);
-        assert_memory_equal(bi.host, blk[i], lens[i]);
-    }
+    ts_compare_blocks(d, blk, names, lens, 3);
     check_stats_agree(s, d, pages, zeros);
     /* A session is used once. */
-    assert_int_equal(mfd_migrate(s, sock_path), -MFD_ESTATE);
+    assert_int_equal(mfd_migrate(s, ts_sock_path), -MFD_ESTATE);
     mfd_session_free(s);
     mfd_session_free(d);
     for (int i = 0; i < 3; i++)
@@ -181,23 +103,19 @@ static void test_caller_blocks(void **state)
 {
     (void)state;
     size_t len = 4u << 20;
-    uint8_t *src = make_block(len, 7, true);
-    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    assert_true(dst != MAP_FAILED);
+    uint8_t *src = ts_make_block(len, 7, true);
+    uint8_t *dst = ts_map_anon(len);
 
     mfd_session *d = listening_dest();
     assert_int_equal(mfd_add_block(d, "ram0", dst, len), 0);
-    dest_run dr = {d, -1};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    ts_dest dt;
+    ts_dest_start(&dt, d);
     mfd_session *s = mfd_session_new();
     assert_int_equal(mfd_set_param_by_name(s, "zero-page-detection", "legacy"),
                      0);
     assert_int_equal(mfd_add_block(s, "ram0", src, len), 0);
-    assert_int_equal(mfd_migrate(s, sock_path), 0);
-    pthread_join(t, NULL);
-    assert_int_equal(dr.rc, 0);
+    assert_int_equal(mfd_migrate(s, ts_sock_path), 0);
+    assert_int_equal(ts_dest_join(&dt), 0);
     assert_memory_equal(dst, src, len);
     mfd_session_free(s);
     mfd_session_free(d);
@@ -205,14 +123,12 @@ static void test_caller_blocks(void **state)
     /* A block the destination does not have is refused by name. */
     d = listening_dest();
     assert_int_equal(mfd_add_block(d, "ram0", dst, len), 0);
-    dr = (dest_run){d, -1};
-    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    ts_dest_start(&dt, d);
     s = mfd_session_new();
     assert_int_equal(mfd_add_block(s, "ram1", src, len), 0);
-    assert_int_equal(mfd_migrate(s, sock_path), -MFD_EREFUSED);
+    assert_int_equal(mfd_migrate(s, ts_sock_path), -MFD_EREFUSED);
     assert_non_null(strstr(mfd_last_error(s), "ram1"));
-    pthread_join(t, NULL);
-    assert_int_equal(dr.rc, -MFD_EREFUSED);
+    assert_int_equal(ts_dest_join(&dt), -MFD_EREFUSED);
     mfd_session_free(s);
     mfd_session_free(d);
     munmap(src, len);
@@ -224,22 +140,21 @@ static void test_named_file(void **state)
 {
     (void)state;
     size_t len = 2u << 20;
-    uint8_t *a = make_block(len, 11, true), *b = make_block(len, 12, true);
+    uint8_t *a = ts_make_block(len, 11, true);
+    uint8_t *b = ts_make_block(len, 12, true);
     char path[64];
     snprintf(path, sizeof(path), "/tmp/mfd-api-%d.img", (int)getpid());
 
     mfd_session *d = listening_dest();
     assert_int_equal(mfd_set_incoming_file(d, "disk", path), 0);
     assert_int_equal(mfd_set_incoming_file(d, "disk", path), -MFD_EINVAL);
-    dest_run dr = {d, -1};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    ts_dest dt;
+    ts_dest_start(&dt, d);
     mfd_session *s = mfd_session_new();
     assert_int_equal(mfd_add_block(s, "ram", a, len), 0);
     assert_int_equal(mfd_add_block(s, "disk", b, len), 0);
-    assert_int_equal(mfd_migrate(s, sock_path), 0);
-    pthread_join(t, NULL);
-    assert_int_equal(dr.rc, 0);
+    assert_int_equal(mfd_migrate(s, ts_sock_path), 0);
+    assert_int_equal(ts_dest_join(&dt), 0);
     mfd_block_info bi;
     assert_int_equal(mfd_block_get(d, 0, &bi), 0);
     assert_memory_equal(bi.host, a, len);
@@ -283,35 +198,33 @@ static void *cancel_main(void *arg)
 static void cancel_case(bool cancel_source)
 {
     size_t len = 256u << 20;
-    uint8_t *src = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    assert_true(src != MAP_FAILED);
+    uint8_t *src = ts_map_anon(len);
     memset(src, 0x5a, len);
 
     mfd_session *d = listening_dest();
-    dest_run dr = {d, -1};
-    pthread_t t, c;
-    assert_int_equal(pthread_create(&t, NULL, dest_main, &dr), 0);
+    ts_dest dt;
+    pthread_t c;
+    ts_dest_start(&dt, d);
     mfd_session *s = mfd_session_new();
     assert_int_equal(mfd_set_param(s, MFD_PARAM_CHANNELS, 1), 0);
     assert_int_equal(mfd_add_block(s, "ram0", src, len), 0);
     canceller cc = {s, cancel_source ? s : d};
     assert_int_equal(pthread_create(&c, NULL, cancel_main, &cc), 0);
-    int rc = mfd_migrate(s, sock_path);
+    int rc = mfd_migrate(s, ts_sock_path);
     pthread_join(c, NULL);
-    pthread_join(t, NULL);
-    if (!rc && !dr.rc) {
+    int drc = ts_dest_join(&dt);
+    if (!rc && !drc) {
         /* The whole migration beat the canceller: nothing to check. */
         print_message("migration finished before the cancel; skipped\n");
     } else {
         assert_int_not_equal(rc, 0);
-        assert_int_not_equal(dr.rc, 0);
+        assert_int_not_equal(drc, 0);
         if (cancel_source) {
             assert_int_equal(rc, -MFD_ECANCELED);
-            assert_int_equal(dr.rc, -MFD_ECANCELED);
+            assert_int_equal(drc, -MFD_ECANCELED);
             assert_non_null(strstr(mfd_last_error(d), "cancelled"));
         } else {
-            assert_int_equal(dr.rc, -MFD_ECANCELED);
+            assert_int_equal(drc, -MFD_ECANCELED);
             assert_non_null(strstr(mfd_last_error(s), "cancelled"));
         }
     }
@@ -341,7 +254,7 @@ static void test_argument_checks(void **state)
     (void)state;
     static uint8_t mem[8192] __attribute__((aligned(4096)));
     mfd_session *s = mfd_session_new();
-    mfd_set_log(s, quiet, NULL);
+    mfd_set_log(s, ts_quiet, NULL);
     assert_int_equal(mfd_migrate(s, "unix:/nonexistent"), -MFD_EINVAL);
     assert_int_equal(mfd_add_block(s, "", mem, 4096), -MFD_EINVAL);
     assert_int_equal(mfd_add_block(s, "a", mem, 100), -MFD_EINVAL);

@@ -41,30 +41,9 @@
 
 #include "multifd.h"
 #include "protocol/wire.h" /* MFD_INIT_LEN: data bytes outside any pass */
+#include "support.h"
 
-#define PS 4096u
-
-/* ---- helpers shared with test_api.c's style ----------------------------- */
-
-typedef struct {
-    mfd_session *s;
-    int rc;
-} dest_run;
-
-static void *dest_main(void *arg)
-{
-    dest_run *d = arg;
-    d->rc = mfd_incoming(d->s);
-    return NULL;
-}
-
-static void quiet(void *opaque, const char *line)
-{
-    (void)opaque;
-    (void)line;
-}
-
-static char sock_path[64];
+#define PS TS_PAGE
 
 static uint64_t now_us(void)
 {
@@ -81,106 +60,18 @@ static void sleep_us(uint64_t us)
         ;
 }
 
-/* A destination on a fresh Unix socket, mfd_incoming() on its own thread. */
-typedef struct {
-    mfd_session *d;
-    dest_run dr;
-    pthread_t t;
-} dest_side;
-
-static void dest_start(dest_side *ds, uint8_t **blocks, const char **names,
+/*
+ * A destination on a fresh Unix socket (ts_sock_path), given the caller's
+ * own (zero-filled) memory when blocks is not NULL, mfd_incoming() on its
+ * own thread.
+ */
+static void dest_start(ts_dest *ds, uint8_t **blocks, const char **names,
                        const size_t *lens, int n)
 {
-    snprintf(sock_path, sizeof(sock_path), "unix:/tmp/mfd-live-%d.sock",
-             (int)getpid());
-    ds->d = mfd_session_new();
-    assert_non_null(ds->d);
-    mfd_set_log(ds->d, quiet, NULL);
-    assert_int_equal(mfd_listen(ds->d, sock_path), 0);
-    /* The caller's own (zero-filled) memory, when given. */
+    mfd_session *d = ts_listening_dest("live");
     for (int i = 0; blocks && i < n; i++)
-        assert_int_equal(mfd_add_block(ds->d, names[i], blocks[i], lens[i]), 0);
-    ds->dr = (dest_run){ds->d, -1};
-    assert_int_equal(pthread_create(&ds->t, NULL, dest_main, &ds->dr), 0);
-}
-
-static int dest_join(dest_side *ds)
-{
-    pthread_join(ds->t, NULL);
-    return ds->dr.rc;
-}
-
-static uint8_t *map_anon(size_t len)
-{
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    assert_true(p != MAP_FAILED);
-    return p;
-}
-
-static void fill_random(uint8_t *p, size_t len, uint64_t seed)
-{
-    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
-    for (size_t i = 0; i < len; i += 8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        memcpy(p + i, &x, 8);
-    }
-}
-
-/* Random pages, and with zero_runs every third page and 1 MiB zero. */
-static void fill_block(uint8_t *p, size_t len, unsigned seed, bool zero_runs)
-{
-    fill_random(p, len, seed);
-    for (size_t o = 0; zero_runs && o < len; o += 3 * PS)
-        memset(p + o, 0, PS);
-    if (zero_runs && len > (2u << 20))
-        memset(p + (1u << 20), 0, 1u << 20);
-}
-
-static uint8_t *make_block(size_t len, unsigned seed, bool zero_runs)
-{
-    uint8_t *p = map_anon(len);
-    fill_block(p, len, seed, zero_runs);
-    return p;
-}
-
-static bool page_is_zero(const uint8_t *p)
-{
-    static const uint8_t z[PS];
-    return !memcmp(p, z, PS);
-}
-
-static uint64_t zero_pages(const uint8_t *p, size_t len)
-{
-    uint64_t n = 0;
-    for (size_t o = 0; o < len; o += PS)
-        n += page_is_zero(p + o);
-    return n;
-}
-
-/* Every destination block against the source, naming the first bad page. */
-static void compare_blocks(mfd_session *d, uint8_t *const *src,
-                           const char *const *names, const size_t *lens, int n)
-{
-    assert_int_equal(mfd_block_count(d), n);
-    for (int i = 0; i < n; i++) {
-        mfd_block_info bi;
-        assert_int_equal(mfd_block_get(d, i, &bi), 0);
-        assert_string_equal(bi.name, names[i]);
-        assert_int_equal(bi.length, lens[i]);
-        if (!memcmp(bi.host, src[i], lens[i]))
-            continue;
-        for (size_t o = 0; o < lens[i]; o += PS)
-            if (memcmp((uint8_t *)bi.host + o, src[i] + o, PS))
-                fail_msg("block '%s' page %zu (offset 0x%zx) differs from "
-                         "the source at the pause (source %s, destination %s)",
-                         names[i], o / PS, o,
-                         page_is_zero(src[i] + o) ? "zero" : "data",
-                         page_is_zero((uint8_t *)bi.host + o) ? "zero"
-                                                              : "data");
-    }
+        assert_int_equal(mfd_add_block(d, names[i], blocks[i], lens[i]), 0);
+    ts_dest_start(ds, d);
 }
 
 /* ---- a writer thread: the guest ---------------------------------------- */
@@ -451,15 +342,8 @@ static void set_bit(uint64_t *bitmap, uint64_t page)
 static void check_live_stats(mfd_session *src, mfd_session *dst,
                              const live_ctx *c, uint64_t total_pages)
 {
-    mfd_stats *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
-    assert_non_null(a);
-    assert_non_null(b);
-    assert_int_equal(mfd_get_stats(src, a), 0);
-    assert_int_equal(mfd_get_stats(dst, b), 0);
-    assert_int_equal(a->role, 1);
-    assert_int_equal(b->role, 2);
-    assert_int_equal(a->status, 3);
-    assert_int_equal(b->status, 3);
+    mfd_stats *a, *b;
+    ts_stats_completed(src, dst, &a, &b);
     assert_int_equal(a->ram_bytes, total_pages * PS);
 
     assert_true(a->iterations >= 2);
@@ -488,22 +372,11 @@ static void check_live_stats(mfd_session *src, mfd_session *dst,
     assert_int_equal(bytes + (uint64_t)a->channels * MFD_INIT_LEN,
                      a->data_bytes);
 
-    /* The destination received exactly what was sent. */
+    /* The destination received exactly what was sent; a sync a pass. */
     assert_int_equal(b->normal_pages + b->zero_pages,
                      a->normal_pages + a->zero_pages);
-    assert_int_equal(a->normal_pages, b->normal_pages);
-    assert_int_equal(a->zero_pages, b->zero_pages);
     assert_int_equal(a->legacy_zero_pages, b->legacy_zero_pages);
-    assert_int_equal(a->data_packets, b->data_packets);
-    assert_int_equal(a->data_bytes, b->data_bytes);
-    assert_int_equal(a->main_bytes, b->main_bytes);
-    uint64_t n = 0, z = 0;
-    for (uint32_t i = 0; i < a->channels; i++) {
-        n += a->channel[i].normal_pages;
-        z += a->channel[i].zero_pages;
-        assert_int_equal(a->channel[i].sync_packets, a->iterations);
-    }
-    assert_int_equal(n, a->normal_pages);
+    uint64_t z = ts_check_received(a, b, a->iterations);
     assert_int_equal(z + a->legacy_zero_pages, a->zero_pages);
 
     /* The progress callback saw every pass, the last one final. */
@@ -521,17 +394,54 @@ static void check_live_stats(mfd_session *src, mfd_session *dst,
     free(b);
 }
 
-static void src_params(mfd_session *s, int tracker, int channels)
+/* A quiet source session: the tracker, on `channels` channels. */
+static mfd_session *src_new(int tracker, int channels)
 {
-    mfd_set_log(s, quiet, NULL);
+    mfd_session *s = mfd_session_new();
+    mfd_set_log(s, ts_quiet, NULL);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_CHANNELS, channels), 0);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_DIRTY_TRACKER, tracker), 0);
+    return s;
 }
 
-static void migrate_ok(mfd_session *s, dest_side *ds)
+/* The source's stats now (malloc'ed: the caller frees them). */
+static mfd_stats *src_stats(mfd_session *s)
 {
-    int rc = mfd_migrate(s, sock_path);
-    int drc = dest_join(ds);
+    mfd_stats *st = malloc(sizeof(*st));
+    assert_non_null(st);
+    mfd_get_stats(s, st);
+    return st;
+}
+
+/* The pages the passes after pass 1 sent. */
+static uint64_t pages_after_pass1(const mfd_stats *st)
+{
+    uint64_t later = 0;
+    for (uint64_t i = 1; i < st->iterations; i++)
+        later += st->pass_pages[i];
+    return later;
+}
+
+/* After a migration: the callbacks' context (when c is given), both sides. */
+static void end_migration(live_ctx *c, mfd_session *s, ts_dest *ds)
+{
+    if (c)
+        live_free(c);
+    mfd_session_free(s);
+    mfd_session_free(ds->d);
+}
+
+/* mfd_migrate() to the destination: its result; *drc mfd_incoming()'s. */
+static int migrate_both(mfd_session *s, ts_dest *ds, int *drc)
+{
+    int rc = mfd_migrate(s, ts_sock_path);
+    *drc = ts_dest_join(ds);
+    return rc;
+}
+
+static void migrate_ok(mfd_session *s, ts_dest *ds)
+{
+    int drc, rc = migrate_both(s, ds, &drc);
     if (rc)
         fail_msg("migrate: %s (%s); incoming: %s", mfd_last_error(s),
                  mfd_err_name(rc), mfd_last_error(ds->d));
@@ -546,14 +456,13 @@ static void test_live_manual_converges(void **state)
     (void)state;
     static const char *names[2] = {"ram0", "rom"};
     const size_t lens[2] = {16u << 20, 1u << 20};
-    uint8_t *blk[2] = {make_block(lens[0], 1, true),
-                       make_block(lens[1], 2, true)};
+    uint8_t *blk[2] = {ts_make_block(lens[0], 1, true),
+                       ts_make_block(lens[1], 2, true)};
     uint64_t pages = (lens[0] + lens[1]) / PS;
 
-    dest_side ds;
+    ts_dest ds;
     dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_MANUAL, 2);
+    mfd_session *s = src_new(MFD_TRACKER_MANUAL, 2);
     for (int i = 0; i < 2; i++)
         assert_int_equal(mfd_add_block(s, names[i], blk[i], lens[i]), 0);
     writer w;
@@ -568,17 +477,12 @@ static void test_live_manual_converges(void **state)
     sleep_us(5000);
     assert_int_equal(frozen, c.writes_paused);
     assert_true(c.writes_paused >= c.writes_live + c.min_writes);
-    compare_blocks(ds.d, blk, names, lens, 2);
+    ts_compare_blocks(ds.d, blk, names, lens, 2);
     check_live_stats(s, ds.d, &c, pages);
 
     /* The writer's pages went after pass 1: not a one-pass migration. */
-    mfd_stats *st = malloc(sizeof(*st));
-    assert_non_null(st);
-    mfd_get_stats(s, st);
-    uint64_t later = 0;
-    for (uint64_t i = 1; i < st->iterations; i++)
-        later += st->pass_pages[i];
-    assert_true(later > 0);
+    mfd_stats *st = src_stats(s);
+    assert_true(pages_after_pass1(st) > 0);
     assert_true(st->pass_pages[st->iterations - 1] > 0);
     print_message("manual: %" PRIu64 " passes, pages per pass 1..: %" PRIu64
                   " %" PRIu64 " %" PRIu64 ", downtime %" PRIu64 " us, "
@@ -588,14 +492,25 @@ static void test_live_manual_converges(void **state)
     free(st);
 
     writer_destroy(&w);
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
+    end_migration(&c, s, &ds);
     for (int i = 0; i < 2; i++)
         munmap(blk[i], lens[i]);
 }
 
 /* ---- 2. uffd-wp, a writer faster than the cap: max-iterations ------------ */
+
+/*
+ * A destination started, and a source of one block with the uffd-wp
+ * tracker on two channels.
+ */
+static mfd_session *wp_pair(ts_dest *ds, const char *name, uint8_t *mem,
+                            size_t len)
+{
+    dest_start(ds, NULL, NULL, NULL, 0);
+    mfd_session *s = src_new(MFD_TRACKER_UFFD_WP, 2);
+    assert_int_equal(mfd_add_block(s, name, mem, len), 0);
+    return s;
+}
 
 /* The tracker failed for want of a kernel feature: skip, saying so. */
 static bool tracker_unavailable(mfd_session *s, int rc)
@@ -610,32 +525,26 @@ static void test_live_uffd_wp_max_iterations(void **state)
     static const char *names[1] = {"ram0"};
     const size_t lens[1] = {16u << 20};
     const int64_t cap = 32 << 20;
-    uint8_t *blk[1] = {make_block(lens[0], 3, true)};
+    uint8_t *blk[1] = {ts_make_block(lens[0], 3, true)};
     uint64_t pages = lens[0] / PS;
 
-    dest_side ds;
-    dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_UFFD_WP, 2);
+    ts_dest ds;
+    mfd_session *s = wp_pair(&ds, names[0], blk[0], lens[0]);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, cap), 0);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_ITERATIONS, 3), 0);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_DOWNTIME_LIMIT, 1), 0);
-    assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
     writer w;
     live_ctx c;
     live_init(&c, s, &w);
     /* 16 pages a millisecond: about 64 MiB/s, twice the cap. No marking:
      * the tracker sees the writes itself. */
     writer_init(&w, NULL, blk, lens, 1, 16, 7, -1);
-    int rc = mfd_migrate(s, sock_path);
-    int drc = dest_join(&ds);
+    int drc, rc = migrate_both(s, &ds, &drc);
     if (tracker_unavailable(s, rc)) {
         char why[300];
         snprintf(why, sizeof(why), "%s", mfd_last_error(s));
         writer_destroy(&w);
-        live_free(&c);
-        mfd_session_free(s);
-        mfd_session_free(ds.d);
+        end_migration(&c, s, &ds);
         munmap(blk[0], lens[0]);
         print_message("skipped: %s\n", why);
         skip();
@@ -644,11 +553,9 @@ static void test_live_uffd_wp_max_iterations(void **state)
         fail_msg("migrate: %s; incoming: %s", mfd_last_error(s),
                  mfd_last_error(ds.d));
 
-    compare_blocks(ds.d, blk, names, lens, 1);
+    ts_compare_blocks(ds.d, blk, names, lens, 1);
     check_live_stats(s, ds.d, &c, pages);
-    mfd_stats *st = malloc(sizeof(*st));
-    assert_non_null(st);
-    mfd_get_stats(s, st);
+    mfd_stats *st = src_stats(s);
     /* 3 live passes, then the forced switchover and the final pass. */
     assert_int_equal(st->iterations, 4);
     assert_int_equal(c.npass, 4);
@@ -671,9 +578,7 @@ static void test_live_uffd_wp_max_iterations(void **state)
     free(st);
 
     writer_destroy(&w);
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
+    end_migration(&c, s, &ds);
     munmap(blk[0], lens[0]);
 }
 
@@ -686,6 +591,7 @@ static void test_live_uffd_wp_max_iterations(void **state)
  * migration converges, and the pause writes the page once more.
  */
 #define SMALL_PAGES 16
+#define SMALL_LEN (SMALL_PAGES * PS)
 #define SMALL_CAP (512 << 10)
 
 typedef struct {
@@ -705,7 +611,7 @@ static void rewrite_sync(live_ctx *c, uint64_t *bitmap, uint64_t pages)
 static void rewrite_pause(live_ctx *c)
 {
     rewrite_ctx *r = c->user;
-    fill_random(r->mem + r->page * PS, PS, 0xb); /* content B */
+    ts_fill_random(r->mem + r->page * PS, PS, 0xb); /* content B */
     mfd_mark_dirty(c->s, 0, r->page * PS, PS);
 }
 
@@ -727,58 +633,78 @@ static int channel_of_pass(const live_ctx *c, int i)
     return ch;
 }
 
+/* A small migration steered pass by pass, and what it needs at the end. */
+typedef struct {
+    ts_dest ds;
+    mfd_session *s;
+    live_ctx c;
+} small_run;
+
+/*
+ * One block "ram0" of SMALL_PAGES pages (blk[0]; dmem[0], when dmem is not
+ * NULL, the destination's own memory), the manual tracker on two channels at
+ * SMALL_CAP, downtime-limit 1, at most 10 passes, and `param` set to
+ * `value`; the callbacks steered by on_sync and on_pause with `user`. It
+ * must succeed in three passes, the block arrive whole and the stats agree.
+ */
+static void small_migrate(small_run *m, uint8_t **blk, uint8_t **dmem,
+                          mfd_param param, int64_t value, void *user,
+                          void (*on_sync)(live_ctx *, uint64_t *, uint64_t),
+                          void (*on_pause)(live_ctx *))
+{
+    static const char *names[1] = {"ram0"};
+    static const size_t lens[1] = {SMALL_LEN};
+    dest_start(&m->ds, dmem, names, lens, 1);
+    m->s = src_new(MFD_TRACKER_MANUAL, 2);
+    assert_int_equal(mfd_set_param(m->s, param, value), 0);
+    assert_int_equal(mfd_set_param(m->s, MFD_PARAM_MAX_BANDWIDTH, SMALL_CAP),
+                     0);
+    assert_int_equal(mfd_set_param(m->s, MFD_PARAM_DOWNTIME_LIMIT, 1), 0);
+    assert_int_equal(mfd_set_param(m->s, MFD_PARAM_MAX_ITERATIONS, 10), 0);
+    assert_int_equal(mfd_add_block(m->s, names[0], blk[0], lens[0]), 0);
+    live_init(&m->c, m->s, NULL);
+    m->c.user = user;
+    m->c.on_sync = on_sync;
+    m->c.on_pause = on_pause;
+    migrate_ok(m->s, &m->ds);
+
+    ts_compare_blocks(m->ds.d, blk, names, lens, 1);
+    check_live_stats(m->s, m->ds.d, &m->c, SMALL_PAGES);
+    assert_int_equal(m->c.npass, 3);
+}
+
 static void test_page_rewritten_across_channels(void **state)
 {
     (void)state;
-    static const char *names[1] = {"ram0"};
-    const size_t lens[1] = {SMALL_PAGES * PS};
-    uint8_t *blk[1] = {make_block(lens[0], 5, true)};
+    uint8_t *blk[1] = {ts_make_block(SMALL_LEN, 5, true)};
     uint64_t P = 7;
-
-    dest_side ds;
-    dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_MANUAL, 2);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, SMALL_CAP), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_DOWNTIME_LIMIT, 1), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_ITERATIONS, 10), 0);
+    rewrite_ctx r = {P, blk[0]};
+    small_run m;
     /* The destination checks the digest of the memory at the pause. (CRC:
      * see test_live_crc, a known bug.) */
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_VERIFY, 1), 0);
-    assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
-    live_ctx c;
-    rewrite_ctx r = {P, blk[0]};
-    live_init(&c, s, NULL);
-    c.user = &r;
-    c.on_sync = rewrite_sync;
-    c.on_pause = rewrite_pause;
-    migrate_ok(s, &ds);
-
-    compare_blocks(ds.d, blk, names, lens, 1);
-    check_live_stats(s, ds.d, &c, SMALL_PAGES);
+    small_migrate(&m, blk, NULL, MFD_PARAM_VERIFY, 1, &r, rewrite_sync,
+                  rewrite_pause);
+    const live_ctx *c = &m.c;
     /* pass 1: everything; pass 2: P with A (live); pass 3: P with B. */
-    assert_int_equal(c.npass, 3);
-    assert_int_equal(c.syncs, 3);
-    assert_int_equal(c.pass[0].dirty_pages, 1);
-    assert_true(c.pass[0].expected_downtime_ms > 1);
-    assert_int_equal(c.pass[1].pages, 1);
-    assert_false(c.pass[1].final);
-    assert_int_equal(c.pass[1].dirty_pages, 0);
-    assert_int_equal(c.pass[2].pages, 1);
-    assert_true(c.pass[2].final);
-    int ch2 = channel_of_pass(&c, 1), ch3 = channel_of_pass(&c, 2);
+    assert_int_equal(c->syncs, 3);
+    assert_int_equal(c->pass[0].dirty_pages, 1);
+    assert_true(c->pass[0].expected_downtime_ms > 1);
+    assert_int_equal(c->pass[1].pages, 1);
+    assert_false(c->pass[1].final);
+    assert_int_equal(c->pass[1].dirty_pages, 0);
+    assert_int_equal(c->pass[2].pages, 1);
+    assert_true(c->pass[2].final);
+    int ch2 = channel_of_pass(c, 1), ch3 = channel_of_pass(c, 2);
     assert_int_not_equal(ch2, ch3);
 
     mfd_block_info bi;
-    assert_int_equal(mfd_block_get(ds.d, 0, &bi), 0);
+    assert_int_equal(mfd_block_get(m.ds.d, 0, &bi), 0);
     uint8_t b[PS];
-    fill_random(b, PS, 0xb);
+    ts_fill_random(b, PS, 0xb);
     assert_memory_equal((uint8_t *)bi.host + P * PS, b, PS);
 
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
-    munmap(blk[0], lens[0]);
+    end_migration(&m.c, m.s, &m.ds);
+    munmap(blk[0], SMALL_LEN);
 }
 
 /* ---- 4. pages flipping between zero and data, pass after pass ----------- */
@@ -795,7 +721,7 @@ static void flip_sync(live_ctx *c, uint64_t *bitmap, uint64_t pages)
     if (c->syncs != 1 || pages != SMALL_PAGES)
         return;
     memset(f->mem + f->x * PS, 0, PS);
-    fill_random(f->mem + f->y * PS, PS, 0x59);
+    ts_fill_random(f->mem + f->y * PS, PS, 0x59);
     set_bit(bitmap, f->x);
     set_bit(bitmap, f->y);
 }
@@ -804,7 +730,7 @@ static void flip_sync(live_ctx *c, uint64_t *bitmap, uint64_t pages)
 static void flip_pause(live_ctx *c)
 {
     flip_ctx *f = c->user;
-    fill_random(f->mem + f->x * PS, PS, 0x58);
+    ts_fill_random(f->mem + f->x * PS, PS, 0x58);
     memset(f->mem + f->y * PS, 0, PS);
     mfd_mark_dirty(c->s, 0, f->x * PS, PS);
     mfd_mark_dirty(c->s, 0, f->y * PS, PS);
@@ -812,65 +738,47 @@ static void flip_pause(live_ctx *c)
 
 static void flip_case(int zpd, bool caller_blocks)
 {
-    static const char *names[1] = {"ram0"};
-    const size_t lens[1] = {SMALL_PAGES * PS};
-    uint8_t *blk[1] = {make_block(lens[0], 9, true)};
+    uint8_t *blk[1] = {ts_make_block(SMALL_LEN, 9, true)};
     flip_ctx f = {4, 6, blk[0]};
-    /* make_block zeroes every third page: 0, 3, 6, ... */
-    assert_false(page_is_zero(blk[0] + f.x * PS));
-    assert_true(page_is_zero(blk[0] + f.y * PS));
-    uint64_t z1 = zero_pages(blk[0], lens[0]);
-    uint8_t *dmem[1] = {caller_blocks ? map_anon(lens[0]) : NULL};
+    /* ts_make_block zeroes every third page: 0, 3, 6, ... */
+    assert_false(ts_page_is_zero(blk[0] + f.x * PS));
+    assert_true(ts_page_is_zero(blk[0] + f.y * PS));
+    uint64_t z1 = ts_zero_pages(blk[0], SMALL_LEN);
+    uint8_t *dmem[1] = {caller_blocks ? ts_map_anon(SMALL_LEN) : NULL};
 
-    dest_side ds;
-    dest_start(&ds, caller_blocks ? dmem : NULL, names, lens, 1);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_MANUAL, 2);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_ZERO_PAGE_DETECTION, zpd), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, SMALL_CAP), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_DOWNTIME_LIMIT, 1), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_ITERATIONS, 10), 0);
-    assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
-    live_ctx c;
-    live_init(&c, s, NULL);
-    c.user = &f;
-    c.on_sync = flip_sync;
-    c.on_pause = flip_pause;
-    migrate_ok(s, &ds);
-
-    compare_blocks(ds.d, blk, names, lens, 1);
-    check_live_stats(s, ds.d, &c, SMALL_PAGES);
-    assert_int_equal(c.npass, 3);
-    assert_int_equal(c.pass[1].pages, 2);
-    assert_false(c.pass[1].final);
-    assert_int_equal(c.pass[2].pages, 2);
+    small_run m;
+    small_migrate(&m, blk, caller_blocks ? dmem : NULL,
+                  MFD_PARAM_ZERO_PAGE_DETECTION, zpd, &f, flip_sync,
+                  flip_pause);
+    const live_ctx *c = &m.c;
+    assert_int_equal(c->pass[1].pages, 2);
+    assert_false(c->pass[1].final);
+    assert_int_equal(c->pass[2].pages, 2);
     /* Each later pass: one zero page (X, then Y) and one data page. */
-    assert_int_equal(c.after[0].zero, z1);
-    assert_int_equal(c.after[0].normal, SMALL_PAGES - z1);
+    assert_int_equal(c->after[0].zero, z1);
+    assert_int_equal(c->after[0].normal, SMALL_PAGES - z1);
     for (int i = 1; i < 3; i++) {
-        assert_int_equal(c.after[i].zero - c.after[i - 1].zero, 1);
-        assert_int_equal(c.after[i].normal - c.after[i - 1].normal, 1);
-        assert_int_equal(c.after[i].legacy_zero - c.after[i - 1].legacy_zero,
+        assert_int_equal(c->after[i].zero - c->after[i - 1].zero, 1);
+        assert_int_equal(c->after[i].normal - c->after[i - 1].normal, 1);
+        assert_int_equal(c->after[i].legacy_zero - c->after[i - 1].legacy_zero,
                          zpd == MFD_ZPD_LEGACY ? 1 : 0);
     }
-    assert_int_equal(c.after[2].legacy_zero,
+    assert_int_equal(c->after[2].legacy_zero,
                      zpd == MFD_ZPD_LEGACY ? z1 + 2 : 0);
 
     mfd_block_info bi;
-    assert_int_equal(mfd_block_get(ds.d, 0, &bi), 0);
+    assert_int_equal(mfd_block_get(m.ds.d, 0, &bi), 0);
     if (caller_blocks)
         assert_ptr_equal(bi.host, dmem[0]);
     uint8_t want[PS];
-    fill_random(want, PS, 0x58);
+    ts_fill_random(want, PS, 0x58);
     assert_memory_equal((uint8_t *)bi.host + f.x * PS, want, PS);
-    assert_true(page_is_zero((uint8_t *)bi.host + f.y * PS));
+    assert_true(ts_page_is_zero((uint8_t *)bi.host + f.y * PS));
 
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
-    munmap(blk[0], lens[0]);
+    end_migration(&m.c, m.s, &m.ds);
+    munmap(blk[0], SMALL_LEN);
     if (dmem[0])
-        munmap(dmem[0], lens[0]);
+        munmap(dmem[0], SMALL_LEN);
 }
 
 static void test_legacy_zero_flip(void **state)
@@ -895,40 +803,16 @@ static void test_legacy_zero_flip(void **state)
 static void test_live_crc(void **state)
 {
     (void)state;
-    static const char *names[1] = {"ram0"};
-    const size_t lens[1] = {SMALL_PAGES * PS};
-    uint8_t *blk[1] = {make_block(lens[0], 21, true)};
-
-    dest_side ds;
-    dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_MANUAL, 2);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_CRC, 1), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, SMALL_CAP), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_DOWNTIME_LIMIT, 1), 0);
-    assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_ITERATIONS, 10), 0);
-    assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
-    live_ctx c;
+    uint8_t *blk[1] = {ts_make_block(SMALL_LEN, 21, true)};
     rewrite_ctx r = {7, blk[0]};
-    live_init(&c, s, NULL);
-    c.user = &r;
-    c.on_sync = rewrite_sync;
-    c.on_pause = rewrite_pause;
-    int rc = mfd_migrate(s, sock_path);
-    int drc = dest_join(&ds);
-    if (rc || drc)
-        fail_msg("migrate: %s; incoming: %s", mfd_last_error(s),
-                 mfd_last_error(ds.d));
-    compare_blocks(ds.d, blk, names, lens, 1);
-    check_live_stats(s, ds.d, &c, SMALL_PAGES);
+    small_run m;
+    small_migrate(&m, blk, NULL, MFD_PARAM_CRC, 1, &r, rewrite_sync,
+                  rewrite_pause);
     /* A live pass and the final pass carried data under the CRC. */
-    assert_int_equal(c.npass, 3);
-    assert_int_equal(c.pass[1].pages, 1);
-    assert_int_equal(c.pass[2].pages, 1);
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
-    munmap(blk[0], lens[0]);
+    assert_int_equal(m.c.pass[1].pages, 1);
+    assert_int_equal(m.c.pass[2].pages, 1);
+    end_migration(&m.c, m.s, &m.ds);
+    munmap(blk[0], SMALL_LEN);
 }
 
 /* ---- 5. cancel in the middle of a pass, or in pause; then again --------- */
@@ -960,19 +844,16 @@ static void migrate_again(uint8_t *mem, size_t len)
 {
     static const char *names[1] = {"ram0"};
     uint8_t *blk[1] = {mem};
-    dest_side ds;
+    ts_dest ds;
     dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_MANUAL, 2);
+    mfd_session *s = src_new(MFD_TRACKER_MANUAL, 2);
     assert_int_equal(mfd_add_block(s, names[0], mem, len), 0);
     live_ctx c;
     live_init(&c, s, NULL);
     migrate_ok(s, &ds);
-    compare_blocks(ds.d, blk, names, &len, 1);
+    ts_compare_blocks(ds.d, blk, names, &len, 1);
     check_live_stats(s, ds.d, &c, len / PS);
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
+    end_migration(&c, s, &ds);
 }
 
 static void test_cancel_mid_pass_then_retry(void **state)
@@ -981,15 +862,14 @@ static void test_cancel_mid_pass_then_retry(void **state)
     for (int in_pause = 0; in_pause < 2; in_pause++) {
         /* Mid-pass: 8 MiB at 8 MiB/s, pass 1 takes a second. */
         size_t len = in_pause ? 4u << 20 : 8u << 20;
-        uint8_t *mem = make_block(len, 11, in_pause);
+        uint8_t *mem = ts_make_block(len, 11, in_pause);
         uint8_t *copy = malloc(len);
         assert_non_null(copy);
         memcpy(copy, mem, len);
 
-        dest_side ds;
+        ts_dest ds;
         dest_start(&ds, NULL, NULL, NULL, 0);
-        mfd_session *s = mfd_session_new();
-        src_params(s, MFD_TRACKER_MANUAL, 2);
+        mfd_session *s = src_new(MFD_TRACKER_MANUAL, 2);
         if (!in_pause)
             assert_int_equal(
                 mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, 8 << 20), 0);
@@ -1004,20 +884,18 @@ static void test_cancel_mid_pass_then_retry(void **state)
         else
             assert_int_equal(pthread_create(&t, NULL, cancel_main, &k), 0);
         uint64_t t0 = now_us();
-        int rc = mfd_migrate(s, sock_path);
+        int rc = mfd_migrate(s, ts_sock_path);
         uint64_t t1 = now_us();
         if (!in_pause)
             pthread_join(t, NULL);
-        int drc = dest_join(&ds);
+        int drc = ts_dest_join(&ds);
 
         assert_int_equal(rc, -MFD_ECANCELED);
         assert_non_null(strstr(mfd_last_error(s), "cancelled"));
         assert_int_equal(drc, -MFD_ECANCELED);
         assert_non_null(strstr(mfd_last_error(ds.d), "cancelled"));
         assert_true(t1 - t0 < 5000000);
-        mfd_stats *st = malloc(sizeof(*st));
-        assert_non_null(st);
-        mfd_get_stats(s, st);
+        mfd_stats *st = src_stats(s);
         assert_int_equal(st->status, 4);
         if (in_pause) {
             /* Paused, so resumed: once each. */
@@ -1040,9 +918,7 @@ static void test_cancel_mid_pass_then_retry(void **state)
         }
         free(st);
         free(k.st);
-        live_free(&c);
-        mfd_session_free(s);
-        mfd_session_free(ds.d);
+        end_migration(&c, s, &ds);
 
         /* The source's memory is as it was, and it can be migrated again. */
         assert_true(memcmp(mem, copy, len) == 0);
@@ -1061,21 +937,18 @@ static void test_max_bandwidth_holds(void **state)
     static const char *names[1] = {"ram0"};
     const size_t lens[1] = {32u << 20};
     const int64_t cap = 64 << 20;
-    uint8_t *blk[1] = {make_block(lens[0], 13, false)};
-    assert_int_equal(zero_pages(blk[0], lens[0]), 0);
+    uint8_t *blk[1] = {ts_make_block(lens[0], 13, false)};
+    assert_int_equal(ts_zero_pages(blk[0], lens[0]), 0);
 
-    dest_side ds;
+    ts_dest ds;
     dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_NONE, 2);
+    mfd_session *s = src_new(MFD_TRACKER_NONE, 2);
     assert_int_equal(mfd_set_param(s, MFD_PARAM_MAX_BANDWIDTH, cap), 0);
     assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
     migrate_ok(s, &ds);
-    compare_blocks(ds.d, blk, names, lens, 1);
+    ts_compare_blocks(ds.d, blk, names, lens, 1);
 
-    mfd_stats *st = malloc(sizeof(*st));
-    assert_non_null(st);
-    mfd_get_stats(s, st);
+    mfd_stats *st = src_stats(s);
     assert_int_equal(st->iterations, 1);
     assert_int_equal(st->normal_pages, lens[0] / PS);
     assert_true(st->data_bytes > lens[0]);
@@ -1091,12 +964,26 @@ static void test_max_bandwidth_holds(void **state)
         fail_msg("rate %.0f B/s is %.3f of max-bandwidth %" PRId64, rate,
                  ratio, cap);
     free(st);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
+    end_migration(NULL, s, &ds);
     munmap(blk[0], lens[0]);
 }
 
 /* ---- 7. uffd-wp on shared memory; what it must refuse -------------------- */
+
+/*
+ * uffd-wp refused the block (named, quoted, in the error) before the first
+ * pass: the migration failed on both sides, never paused nor resumed.
+ */
+static void check_wp_refused(mfd_session *s, int rc, int drc,
+                             const live_ctx *c, const char *quoted_name)
+{
+    assert_int_equal(rc, -MFD_ESYS);
+    assert_int_not_equal(drc, 0);
+    assert_non_null(strstr(mfd_last_error(s), quoted_name));
+    assert_non_null(strstr(mfd_last_error(s), "cannot write-protect"));
+    assert_int_equal(c->pauses, 0);
+    assert_int_equal(c->resumes, 0);
+}
 
 static void test_uffd_wp_shm_and_refusals(void **state)
 {
@@ -1111,19 +998,15 @@ static void test_uffd_wp_shm_and_refusals(void **state)
     uint8_t *blk[1];
     blk[0] = mmap(NULL, lens[0], PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
     assert_true(blk[0] != MAP_FAILED);
-    fill_block(blk[0], lens[0], 17, true);
+    ts_fill_block(blk[0], lens[0], 17, true);
 
-    dest_side ds;
-    dest_start(&ds, NULL, NULL, NULL, 0);
-    mfd_session *s = mfd_session_new();
-    src_params(s, MFD_TRACKER_UFFD_WP, 2);
-    assert_int_equal(mfd_add_block(s, names[0], blk[0], lens[0]), 0);
+    ts_dest ds;
+    mfd_session *s = wp_pair(&ds, names[0], blk[0], lens[0]);
     writer w;
     live_ctx c;
     live_init(&c, s, &w);
     writer_init(&w, NULL, blk, lens, 1, 8, 99, -1);
-    int rc = mfd_migrate(s, sock_path);
-    int drc = dest_join(&ds);
+    int drc, rc = migrate_both(s, &ds, &drc);
     bool skipped = tracker_unavailable(s, rc);
     if (skipped) {
         print_message("uffd-wp on shmem skipped: %s\n", mfd_last_error(s));
@@ -1131,21 +1014,14 @@ static void test_uffd_wp_shm_and_refusals(void **state)
         if (rc || drc)
             fail_msg("migrate: %s; incoming: %s", mfd_last_error(s),
                      mfd_last_error(ds.d));
-        compare_blocks(ds.d, blk, names, lens, 1);
+        ts_compare_blocks(ds.d, blk, names, lens, 1);
         check_live_stats(s, ds.d, &c, lens[0] / PS);
-        mfd_stats *st = malloc(sizeof(*st));
-        assert_non_null(st);
-        mfd_get_stats(s, st);
-        uint64_t later = 0;
-        for (uint64_t i = 1; i < st->iterations; i++)
-            later += st->pass_pages[i];
-        assert_true(later > 0);
+        mfd_stats *st = src_stats(s);
+        assert_true(pages_after_pass1(st) > 0);
         free(st);
     }
     writer_destroy(&w);
-    live_free(&c);
-    mfd_session_free(s);
-    mfd_session_free(ds.d);
+    end_migration(&c, s, &ds);
     munmap(blk[0], lens[0]);
     close(mfd);
 
@@ -1188,7 +1064,7 @@ static void test_uffd_wp_shm_and_refusals(void **state)
         uint8_t *fm[1];
         fm[0] = mmap(NULL, flen[0], PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         assert_true(fm[0] != MAP_FAILED);
-        fill_block(fm[0], flen[0], 19, true);
+        ts_fill_block(fm[0], flen[0], 19, true);
 
         /* (b1) */
         char self[64];
@@ -1197,57 +1073,35 @@ static void test_uffd_wp_shm_and_refusals(void **state)
         assert_true(rfd >= 0);
         uint8_t *ro = mmap(NULL, flen[0], PROT_READ, MAP_SHARED, rfd, 0);
         assert_true(ro != MAP_FAILED);
-        dest_start(&ds, NULL, NULL, NULL, 0);
-        s = mfd_session_new();
-        src_params(s, MFD_TRACKER_UFFD_WP, 2);
-        assert_int_equal(mfd_add_block(s, "rom-file", ro, flen[0]), 0);
+        s = wp_pair(&ds, "rom-file", ro, flen[0]);
         live_init(&c, s, NULL);
-        rc = mfd_migrate(s, sock_path);
-        drc = dest_join(&ds);
+        rc = migrate_both(s, &ds, &drc);
         print_message("uffd-wp on a read-only file mapping: %s: %s\n",
                       mfd_err_name(rc), mfd_last_error(s));
-        assert_int_equal(rc, -MFD_ESYS);
-        assert_int_not_equal(drc, 0);
-        assert_non_null(strstr(mfd_last_error(s), "'rom-file'"));
-        assert_non_null(strstr(mfd_last_error(s), "cannot write-protect"));
-        assert_int_equal(c.pauses, 0);
-        assert_int_equal(c.resumes, 0);
-        live_free(&c);
-        mfd_session_free(s);
-        mfd_session_free(ds.d);
+        check_wp_refused(s, rc, drc, &c, "'rom-file'");
+        end_migration(&c, s, &ds);
         munmap(ro, flen[0]);
         close(rfd);
 
         /* (b2) */
-        dest_start(&ds, NULL, NULL, NULL, 0);
-        s = mfd_session_new();
-        src_params(s, MFD_TRACKER_UFFD_WP, 2);
-        assert_int_equal(mfd_add_block(s, fnames[0], fm[0], flen[0]), 0);
+        s = wp_pair(&ds, fnames[0], fm[0], flen[0]);
         live_init(&c, s, &w);
         writer_init(&w, NULL, fm, flen, 1, 4, 1234, fd);
-        rc = mfd_migrate(s, sock_path);
-        drc = dest_join(&ds);
+        rc = migrate_both(s, &ds, &drc);
         print_message("uffd-wp on a read-write disk file mapping: %s%s%s\n",
                       mfd_err_name(rc), rc ? ": " : " (not refused: tracked)",
                       mfd_last_error(s));
         if (rc) {
-            assert_int_equal(rc, -MFD_ESYS);
-            assert_int_not_equal(drc, 0);
-            assert_non_null(strstr(mfd_last_error(s), "'disk-file'"));
-            assert_non_null(strstr(mfd_last_error(s), "cannot write-protect"));
-            assert_int_equal(c.pauses, 0);
-            assert_int_equal(c.resumes, 0);
+            check_wp_refused(s, rc, drc, &c, "'disk-file'");
         } else {
             if (drc)
                 fail_msg("incoming: %s", mfd_last_error(ds.d));
-            compare_blocks(ds.d, fm, fnames, flen, 1);
+            ts_compare_blocks(ds.d, fm, fnames, flen, 1);
             check_live_stats(s, ds.d, &c, flen[0] / PS);
             assert_true(c.pass[c.npass - 1].pages > 0);
         }
         writer_destroy(&w);
-        live_free(&c);
-        mfd_session_free(s);
-        mfd_session_free(ds.d);
+        end_migration(&c, s, &ds);
         munmap(fm[0], flen[0]);
     }
     if (fd >= 0)
@@ -1258,8 +1112,7 @@ static void test_uffd_wp_shm_and_refusals(void **state)
     static const int trackers[2] = {MFD_TRACKER_MANUAL, MFD_TRACKER_UFFD_WP};
     for (int i = 0; i < 2; i++)
         for (int with_ops = 0; with_ops < 2; with_ops++) {
-            s = mfd_session_new();
-            src_params(s, trackers[i], 1);
+            s = src_new(trackers[i], 1);
             assert_int_equal(mfd_add_block(s, "a", mem, sizeof(mem)), 0);
             if (with_ops) {
                 mfd_live_ops ops = {.resume = cb_resume,
