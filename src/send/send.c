@@ -71,9 +71,11 @@ static int payload_iov(struct iovec *iov, uint8_t *host, const uint64_t *off,
 /*
  * max-bandwidth: every packet takes its slot on one timeline shared by all
  * channels (bytes / rate long) and waits for the slot's start, so over any
- * interval the channels together send at most the rate plus one packet.
- * Idle time is not saved up: a slot never starts in the past.
+ * interval the channels together send at most the rate, plus one packet,
+ * plus what they fell behind in the last 20 ms: a channel held up (two busy
+ * cores) may catch up that much, no more, so idle time is not saved up.
  */
+#define MFD_PACE_SLACK_US 20000
 static void pace(mfd_session *s, uint64_t bytes)
 {
     uint64_t rate = __atomic_load_n(&s->rl_rate, __ATOMIC_RELAXED);
@@ -81,7 +83,7 @@ static void pace(mfd_session *s, uint64_t bytes)
         return;
     uint64_t now = mfd__now_us();
     pthread_mutex_lock(&s->rl_lock);
-    uint64_t start = MFD_MAX(s->rl_next_us, now);
+    uint64_t start = MFD_MAX(s->rl_next_us, now - MFD_PACE_SLACK_US);
     s->rl_next_us = start + bytes * 1000000 / rate;
     pthread_mutex_unlock(&s->rl_lock);
     /* The wake eventfd turns readable on any failure: no long sleep then. */
@@ -531,6 +533,9 @@ static int precopy(mfd_session *s)
         return -1;
     if (!live)
         pause_writers(s);
+    pthread_mutex_lock(&s->rl_lock);
+    s->rl_next_us = mfd__now_us(); /* no burst at the start */
+    pthread_mutex_unlock(&s->rl_lock);
     __atomic_store_n(&s->rl_rate, (uint64_t)s->max_bandwidth,
                      __ATOMIC_RELAXED);
 
