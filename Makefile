@@ -39,7 +39,7 @@ check-tsan: deps
 	cmake --build build-tsan -j$(JOBS)
 	# source-killed sends one page on two channels in one pass: the peer's
 	# race on that page's memory, which ThreadSanitizer rightly reports.
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 \
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/tests/tsan.supp \
 	  HOSTILE_SKIP='^source-killed' ctest $(CTEST_ARGS)
 
 test: check

@@ -228,7 +228,44 @@ typedef enum {
      * leaves the kernel's defaults (many minutes). Default 10000.
      */
     MFD_PARAM_NETWORK_TIMEOUT = 116,
+    /*
+     * "multifd-compression": MFD_COMPRESSION_NONE (default), _ZLIB, _ZSTD
+     * or _LZ4 (names "none", "zlib", "zstd", "lz4"): each channel compresses
+     * its packets' normal pages as one stream for the whole migration
+     * (lz4: page by page). The destination follows HELLO.
+     */
+    MFD_PARAM_COMPRESSION = 117,
+    /* "multifd-zlib-level": 0..9, default 1. */
+    MFD_PARAM_ZLIB_LEVEL = 118,
+    /* "multifd-zstd-level": 1..20, default 1. */
+    MFD_PARAM_ZSTD_LEVEL = 119,
+    /* "multifd-lz4-acceleration": 1..65537, default 1 (higher: faster). */
+    MFD_PARAM_LZ4_ACCELERATION = 120,
+    /*
+     * "accept-compression": destination only; the methods it accepts, one
+     * bit per MFD_COMPRESSION_* value (by name: a comma-separated list such
+     * as "none,zstd"). A source asking for another is refused at HELLO with
+     * an error naming the method. Default: every method built in.
+     */
+    MFD_PARAM_ACCEPT_COMPRESSION = 121,
+    /*
+     * "zero-copy-send": 1 = send raw page payloads with MSG_ZEROCOPY (the
+     * kernel reads them straight from the blocks); completions are reaped
+     * from the socket error queue, and every outstanding send is waited
+     * for at each SYNC and at the end. Refused together with compression,
+     * and when RLIMIT_MEMLOCK is too low for the data in flight (the error
+     * says how much is needed). Default 0.
+     */
+    MFD_PARAM_ZERO_COPY_SEND = 122,
 } mfd_param;
+
+/* Values of MFD_PARAM_COMPRESSION. */
+typedef enum {
+    MFD_COMPRESSION_NONE = 0,
+    MFD_COMPRESSION_ZLIB = 1,
+    MFD_COMPRESSION_ZSTD = 2,
+    MFD_COMPRESSION_LZ4 = 3,
+} mfd_compression;
 
 /* Values of MFD_PARAM_DIRTY_TRACKER. */
 typedef enum {
@@ -479,6 +516,14 @@ typedef struct {
     uint64_t normal_pages; /* pages carried as data */
     uint64_t zero_pages;   /* pages listed as zero */
     uint64_t bytes;        /* bytes on the wire: init, headers, payload */
+    /* Compression: pages' bytes before and after, time in the (de)compressor. */
+    uint64_t raw_bytes;
+    uint64_t compressed_bytes;
+    uint64_t compress_us;
+    /* Zero-copy send. */
+    uint64_t zerocopy_sends;         /* payloads sent with MSG_ZEROCOPY */
+    uint64_t zerocopy_notifications; /* completions reaped */
+    uint64_t zerocopy_copied;        /* completions where the kernel copied */
 } mfd_channel_stats;
 
 typedef struct {
@@ -498,6 +543,16 @@ typedef struct {
     uint64_t sync_packets;
     uint64_t iterations;    /* completed passes */
     double throughput_gbps; /* guest memory moved, 10^9 bytes per second */
+    /* Compression, summed over channels; ratio = raw / compressed. */
+    uint64_t raw_bytes;
+    uint64_t compressed_bytes;
+    uint64_t compress_us;
+    double compression_ratio;
+    /* Zero-copy send, summed; passes in which the kernel copied anyway. */
+    uint64_t zerocopy_sends;
+    uint64_t zerocopy_notifications;
+    uint64_t zerocopy_copied;
+    uint64_t zerocopy_copied_passes;
     /* Live migration (source). */
     uint64_t dirty_sync_count;     /* dirty syncs (QEMU's name) */
     uint64_t dirty_pages;          /* pages left to send after the last sync */

@@ -264,7 +264,13 @@ static void *writer_main(void *arg)
         allowance -= 4096;
         uint64_t x = rng += UINT64_C(0x9e3779b97f4a7c15);
         x = (x ^ (x >> 31)) * UINT64_C(0xbf58476d1ce4e5b9);
+        /* Each writer owns the pages p % nwriters == id: no two writers
+         * ever write one page at once (that would tear it). */
+        uint64_t n = (uint64_t)w->nwriters;
         uint64_t p = (x ^ (x >> 29)) % w->pages;
+        p = p - p % n + (uint64_t)a->id;
+        if (p >= w->pages)
+            continue;
         guest_rewrite(w->guest + p * 4096, p, &rng);
         if (w->manual) {
             int block = p < w->ram_pages ? 0 : 1;
@@ -548,10 +554,15 @@ int cmd_demo(int argc, char **argv)
     int started = 0;
     for (long i = 0; !rc && wa && i < nwriters; i++) {
         wa[i] = (writer_arg){&w, (int)i, 0};
-        if (pthread_create(&wa[i].thread, NULL, writer_main, &wa[i]) == 0)
-            started++;
+        if (pthread_create(&wa[i].thread, NULL, writer_main, &wa[i]))
+            break;
+        started++;
     }
-    w.nwriters = started;
+    if (!rc && started != nwriters) {
+        fprintf(stderr, "multifd demo: error: could not start %ld writer "
+                        "threads\n", nwriters);
+        rc = -1;
+    }
     int64_t ch, dl;
     mfd_get_param(s, MFD_PARAM_CHANNELS, &ch);
     mfd_get_param(s, MFD_PARAM_DOWNTIME_LIMIT, &dl);

@@ -362,6 +362,8 @@ static const char recv_usage[] =
     "                      free space\n"
     "  --network-timeout MS  fail when the source stops acknowledging for that\n"
     "                      long (default 10000; 0: the kernel's minutes)\n"
+    "  --accept-compression LIST  methods a source may use, e.g. none,zstd\n"
+    "                      (default: all built in: none,zlib,zstd,lz4)\n"
     "  --uri-file F        write the resolved listen URI to F once listening\n"
     "  --progress          print a progress line while running\n"
     "  --json              print the stats (and digests) as one JSON object\n"
@@ -390,6 +392,7 @@ static int cmd_recv(int argc, char **argv)
         {"prealloc", no_argument, 0, 'a'},
         {"max-total-size", required_argument, 0, 'm'},
         {"network-timeout", required_argument, 0, 'n'},
+        {"accept-compression", required_argument, 0, 'C'},
         {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
         {"progress", no_argument, 0, 'P'},
@@ -398,7 +401,7 @@ static int cmd_recv(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
-               *net_timeout = NULL;
+               *net_timeout = NULL, *accept = NULL;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
     int c;
@@ -410,6 +413,7 @@ static int cmd_recv(int argc, char **argv)
         case 'a': prealloc = true; break;
         case 'm': max = optarg; break;
         case 'n': net_timeout = optarg; break;
+        case 'C': accept = optarg; break;
         case 'f':
             if (!strchr(optarg, '=') || optarg[0] == '=') {
                 usage_error("recv", recv_usage, "--file wants NAME=PATH");
@@ -472,6 +476,7 @@ static int cmd_recv(int argc, char **argv)
         (max && mfd_set_param_by_name(s, "max-total-size", max)) ||
         (net_timeout &&
          mfd_set_param_by_name(s, "network-timeout", net_timeout)) ||
+        (accept && mfd_set_param_by_name(s, "accept-compression", accept)) ||
         mfd_listen(s, listen)) {
         rc = fail_line("recv", mfd_last_error(s));
         mfd_session_free(s);

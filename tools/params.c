@@ -26,6 +26,11 @@ enum {
     OPT_THROTTLE_INCREMENT,
     OPT_THROTTLE_MAX,
     OPT_NET_TIMEOUT,
+    OPT_COMPRESSION,
+    OPT_ZLIB_LEVEL,
+    OPT_ZSTD_LEVEL,
+    OPT_LZ4_ACCEL,
+    OPT_ZERO_COPY,
     OPT_END
 };
 
@@ -54,6 +59,15 @@ static const struct {
      "max-cpu-throttle"},
     {{"network-timeout", required_argument, 0, OPT_NET_TIMEOUT},
      "network-timeout"},
+    {{"multifd-compression", required_argument, 0, OPT_COMPRESSION},
+     "multifd-compression"},
+    {{"multifd-zlib-level", required_argument, 0, OPT_ZLIB_LEVEL},
+     "multifd-zlib-level"},
+    {{"multifd-zstd-level", required_argument, 0, OPT_ZSTD_LEVEL},
+     "multifd-zstd-level"},
+    {{"multifd-lz4-acceleration", required_argument, 0, OPT_LZ4_ACCEL},
+     "multifd-lz4-acceleration"},
+    {{"zero-copy-send", no_argument, 0, OPT_ZERO_COPY}, "zero-copy-send"},
 };
 
 const char cli_migration_usage[] =
@@ -76,7 +90,12 @@ const char cli_migration_usage[] =
     "  --cpu-throttle-increment P  throttle step, percent (default 10)\n"
     "  --max-cpu-throttle P        throttle cap, percent (default 99)\n"
     "  --network-timeout MS        fail when the peer stops acknowledging\n"
-    "                              for that long (default 10000; 0: kernel)\n";
+    "                              for that long (default 10000; 0: kernel)\n"
+    "  --multifd-compression M     none | zlib | zstd | lz4 (default none)\n"
+    "  --multifd-zlib-level N      0..9 (default 1)\n"
+    "  --multifd-zstd-level N      1..20 (default 1)\n"
+    "  --multifd-lz4-acceleration N  1..65537 (default 1; higher: faster)\n"
+    "  --zero-copy-send            MSG_ZEROCOPY for raw page payloads\n";
 
 size_t cli_options_build(const struct option *own, struct option *out,
                          size_t cap)

@@ -5,6 +5,7 @@
  */
 #include "core/session.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -86,6 +87,10 @@ MFD_API mfd_session *mfd_session_new(void)
     s->throttle_increment = 10;
     s->throttle_max = 99;
     s->network_timeout = 10000;
+    s->zlib_level = 1;
+    s->zstd_level = 1;
+    s->lz4_accel = 1;
+    s->accept_compression = 0xF; /* every method built in */
     pthread_mutex_init(&s->rl_lock, NULL);
     s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
@@ -352,6 +357,14 @@ static const param_desc params[] = {
     {MFD_PARAM_MAX_CPU_THROTTLE, "max-cpu-throttle", 1, 99, PF(throttle_max)},
     {MFD_PARAM_NETWORK_TIMEOUT, "network-timeout", 0, 3600000,
      PF(network_timeout)},
+    {MFD_PARAM_COMPRESSION, "multifd-compression", 0, 3, PF(compression)},
+    {MFD_PARAM_ZLIB_LEVEL, "multifd-zlib-level", 0, 9, PF(zlib_level)},
+    {MFD_PARAM_ZSTD_LEVEL, "multifd-zstd-level", 1, 20, PF(zstd_level)},
+    {MFD_PARAM_LZ4_ACCELERATION, "multifd-lz4-acceleration", 1, 65537,
+     PF(lz4_accel)},
+    {MFD_PARAM_ACCEPT_COMPRESSION, "accept-compression", 1, 0xF,
+     PF(accept_compression)},
+    {MFD_PARAM_ZERO_COPY_SEND, "zero-copy-send", 0, 1, PF(zero_copy_send)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };
@@ -421,6 +434,33 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
         return mfd__set_error(s, MFD_EINVAL, "unknown parameter '%s'", name);
 
     int64_t v;
+    static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
+    int method = -1;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(value, methods[i]))
+            method = i;
+    if (d->id == MFD_PARAM_COMPRESSION && method >= 0)
+        return mfd_set_param(s, d->id, method);
+    if (d->id == MFD_PARAM_ACCEPT_COMPRESSION && !isdigit((unsigned char)*value)) {
+        /* A list of names: "none,zstd". */
+        char list[64];
+        int64_t mask = 0;
+        snprintf(list, sizeof(list), "%s", value);
+        for (char *save, *w = strtok_r(list, ",", &save); w;
+             w = strtok_r(NULL, ",", &save)) {
+            int m = -1;
+            for (int i = 0; i < 4; i++)
+                if (!strcmp(w, methods[i]))
+                    m = i;
+            if (m < 0)
+                return mfd__set_error(s, MFD_EINVAL,
+                                      "parameter '%s': unknown method '%s' "
+                                      "(none, zlib, zstd, lz4)",
+                                      name, w);
+            mask |= INT64_C(1) << m;
+        }
+        return mfd_set_param(s, d->id, mask);
+    }
     if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION && !strcmp(value, "none"))
         v = MFD_ZPD_NONE;
     else if (d->id == MFD_PARAM_ZERO_PAGE_DETECTION && !strcmp(value, "legacy"))
@@ -805,11 +845,27 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
         o->normal_pages = MFD_STAT_GET(c->normal_pages);
         o->zero_pages = MFD_STAT_GET(c->zero_pages);
         o->bytes = MFD_STAT_GET(c->bytes);
+        o->raw_bytes = MFD_STAT_GET(c->raw_bytes);
+        o->compressed_bytes = MFD_STAT_GET(c->compressed_bytes);
+        o->compress_us = MFD_STAT_GET(c->compress_us);
+        o->zerocopy_sends = MFD_STAT_GET(c->zerocopy_sends);
+        o->zerocopy_notifications = MFD_STAT_GET(c->zerocopy_notifications);
+        o->zerocopy_copied = MFD_STAT_GET(c->zerocopy_copied);
+        st->raw_bytes += o->raw_bytes;
+        st->compressed_bytes += o->compressed_bytes;
+        st->compress_us += o->compress_us;
+        st->zerocopy_sends += o->zerocopy_sends;
+        st->zerocopy_notifications += o->zerocopy_notifications;
+        st->zerocopy_copied += o->zerocopy_copied;
         st->data_bytes += o->bytes;
         st->normal_pages += o->normal_pages;
         st->zero_pages += o->zero_pages;
         st->sync_packets += o->sync_packets;
     }
+    st->zerocopy_copied_passes = MFD_STAT_GET(s->zc_copied_passes);
+    if (st->compressed_bytes)
+        st->compression_ratio =
+            (double)st->raw_bytes / (double)st->compressed_bytes;
     if (st->total_time_us)
         st->throughput_gbps =
             (double)((st->normal_pages + st->zero_pages) * st->page_size) /
@@ -826,7 +882,7 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
     if (!st)
         return NULL;
     mfd_get_stats(s, st);
-    size_t cap = 1536 + (size_t)st->channels * 160 + MFD_PASS_STATS * 64;
+    size_t cap = 2048 + (size_t)st->channels * 400 + MFD_PASS_STATS * 64;
     char *out = malloc(cap);
     if (!out) {
         free(st);
@@ -845,7 +901,13 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         ", \"dirty_pages\": %" PRIu64 ", \"dirty_rate_bps\": %" PRIu64
         ", \"bandwidth_bps\": %" PRIu64
         ", \"expected_downtime_ms\": %" PRIu64 ", \"downtime_us\": %" PRIu64
-        ", \"throttle_pct\": %d, \"progress_pct\": %d, \"passes\": [",
+        ", \"throttle_pct\": %d, \"progress_pct\": %d"
+        ", \"raw_bytes\": %" PRIu64 ", \"compressed_bytes\": %" PRIu64
+        ", \"compress_us\": %" PRIu64 ", \"compression_ratio\": %.3f"
+        ", \"zerocopy_sends\": %" PRIu64
+        ", \"zerocopy_notifications\": %" PRIu64
+        ", \"zerocopy_copied\": %" PRIu64
+        ", \"zerocopy_copied_passes\": %" PRIu64 ", \"passes\": [",
         roles[st->role % 3], statuses[st->status % 5], st->channels,
         st->page_size, st->total_time_us, st->setup_time_us, st->ram_bytes,
         st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
@@ -853,7 +915,10 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         st->iterations, st->throughput_gbps, st->dirty_sync_count,
         st->dirty_pages, st->dirty_rate_bps, st->bandwidth_bps,
         st->expected_downtime_ms, st->downtime_us, st->throttle_pct,
-        st->progress_pct);
+        st->progress_pct, st->raw_bytes, st->compressed_bytes,
+        st->compress_us, st->compression_ratio, st->zerocopy_sends,
+        st->zerocopy_notifications, st->zerocopy_copied,
+        st->zerocopy_copied_passes);
     /* Source passes; the destination counts iterations only. */
     for (uint64_t i = 0; st->role == 1 && i < st->iterations &&
                          i < MFD_PASS_STATS && n < cap;
@@ -873,9 +938,18 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
                               ", \"sync_packets\": %" PRIu64
                               ", \"normal_pages\": %" PRIu64
                               ", \"zero_pages\": %" PRIu64
-                              ", \"bytes\": %" PRIu64 "}",
+                              ", \"bytes\": %" PRIu64
+                              ", \"raw_bytes\": %" PRIu64
+                              ", \"compressed_bytes\": %" PRIu64
+                              ", \"compress_us\": %" PRIu64
+                              ", \"zerocopy_sends\": %" PRIu64
+                              ", \"zerocopy_notifications\": %" PRIu64
+                              ", \"zerocopy_copied\": %" PRIu64 "}",
                               i ? ", " : "", i, c->packets, c->sync_packets,
-                              c->normal_pages, c->zero_pages, c->bytes);
+                              c->normal_pages, c->zero_pages, c->bytes,
+                              c->raw_bytes, c->compressed_bytes,
+                              c->compress_us, c->zerocopy_sends,
+                              c->zerocopy_notifications, c->zerocopy_copied);
     }
     if (n < cap)
         snprintf(out + n, cap - n, "]}");

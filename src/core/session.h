@@ -33,6 +33,7 @@
 #include <sys/uio.h>
 
 #include "multifd.h"
+#include "method/method.h"
 #include "protocol/wire.h"
 
 typedef struct mfd_block {
@@ -107,6 +108,10 @@ typedef struct mfd_send_chan {
     uint8_t *packet;      /* packet_len bytes, reused */
     uint32_t prev_listed; /* offsets written last time, to zero the tail */
     struct iovec *iov;    /* 1 + pages_per_packet entries */
+    mfd_method_chan m;    /* the method's stream and buffer */
+    /* Zero-copy send: sends not yet reported complete by the kernel. */
+    uint64_t zc_sent, zc_done;
+    bool zc_copied;       /* the kernel copied since the last flush */
     mfd_channel_stats st;
 } mfd_send_chan;
 
@@ -121,7 +126,8 @@ typedef struct mfd_recv_chan {
     uint8_t *packet;
     struct iovec *iov;
     int cached_block; /* index of the last block named, or -1 */
-    uint8_t *bounce;  /* one packet's payload, for UFFD and PWRITE */
+    uint8_t *bounce;  /* one packet's pages, for UFFD, PWRITE and methods */
+    mfd_method_chan m; /* the method's stream and input buffer */
     mfd_channel_stats st;
 } mfd_recv_chan;
 
@@ -144,6 +150,12 @@ struct mfd_session {
     int64_t throttle_increment;
     int64_t throttle_max;
     int64_t network_timeout;
+    int64_t compression; /* MFD_COMPRESSION_* */
+    int64_t zlib_level;
+    int64_t zstd_level;
+    int64_t lz4_accel;
+    int64_t accept_compression; /* destination: bit per MFD_COMPRESSION_* */
+    int64_t zero_copy_send;
     mfd_live_ops live;
     void *live_opaque;
     char *incoming_dir;
@@ -166,7 +178,8 @@ struct mfd_session {
     uint8_t uuid[16];
     uint32_t ppp;      /* pages per packet */
     uint64_t features; /* negotiated */
-    uint32_t method;
+    uint32_t method;               /* wire value */
+    const mfd_method_ops *mops;    /* its ops */
 
     /* Error: first one wins. */
     pthread_mutex_t err_lock;
@@ -230,6 +243,7 @@ struct mfd_session {
     uint64_t legacy_zero_pages;
     uint64_t data_packets; /* packets listing pages (COMPLETE's count) */
     uint64_t iterations;
+    uint64_t zc_copied_passes; /* zero-copy passes the kernel copied anyway */
     uint64_t t_pause;
     uint64_t dirty_sync_count;
     uint64_t dirty_pages; /* left to send: set in the dirty bitmaps */

@@ -28,6 +28,7 @@
 
 #include "common/util.h"
 #include "core/session.h"
+#include "method/method.h"
 #include "protocol/crc32c.h"
 #include "ram/bitmap.h"
 #include "transport/transport.h"
@@ -156,7 +157,7 @@ static int place_pages(mfd_recv_chan *ch, mfd_block *b, uint32_t normal,
                                      n < 0 ? strerror(errno) : "no space");
                 done += (uint64_t)n;
             }
-        } else if (!had) {
+        } else if (!had && b->place == MFD_PLACE_UFFD) {
             if (uffd_place(s, b, off, src, len, ps))
                 return mfd__fail(s, MFD_ESYS,
                                  "channel %u: packet %" PRIu64
@@ -221,10 +222,20 @@ static int recv_one(mfd_recv_chan *ch)
                                kind, off, b->name, b->length);
         }
     }
-    if ((uint64_t)h.next_size != (uint64_t)h.normal * ps)
+    /* Raw pages: exactly their size; compressed: within the bound. */
+    const mfd_method_ops *mops = s->mops;
+    uint64_t raw = (uint64_t)h.normal * ps;
+    if (!mops->decode && (uint64_t)h.next_size != raw)
         return CH_FAIL(ch, num, "next_packet_size %u, expected %" PRIu64
                        " for %u normal pages",
-                       h.next_size, (uint64_t)h.normal * ps, h.normal);
+                       h.next_size, raw, h.normal);
+    if (mops->decode && (!h.normal != !h.next_size ||
+                         h.next_size > mops->bound(h.normal, ps)))
+        return CH_FAIL(ch, num,
+                       "next_packet_size %u for %u normal pages (%s: 1..%" PRIu64
+                       ", 0 without pages)",
+                       h.next_size, h.normal, mops->name,
+                       mops->bound(h.normal, ps));
 
     uint32_t crc = 0;
     bool check_crc = s->features & MFD_FEAT_CRC;
@@ -236,49 +247,35 @@ static int recv_one(mfd_recv_chan *ch)
                            "computed 0x%08x", h.crc, crc);
     }
 
-    /*
-     * The payload goes into the channel's buffer, to be checked and then
-     * placed (UFFD, PWRITE), or straight into place (READV).
-     */
-    bool buffered = h.normal && b->place != MFD_PLACE_READV;
-    const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
-    int n = 0;
-    if (buffered) {
-        rc = mfd__read_full(ch->fd, ch->bounce, h.next_size);
-    } else if (h.normal) {
-        for (uint32_t i = 0; i < h.normal; i++) {
-            uint8_t *p = b->host + mfd__get_be64(offs + 8 * (size_t)i);
-            if (n && (uint8_t *)ch->iov[n - 1].iov_base +
-                             ch->iov[n - 1].iov_len == p)
-                ch->iov[n - 1].iov_len += ps;
-            else
-                ch->iov[n++] = (struct iovec){p, ps};
-        }
-        /* readv consumes the array; keep the bases for the CRC. */
-        struct iovec *work = ch->iov + s->ppp;
-        memcpy(work, ch->iov, sizeof(*work) * (size_t)n);
-        rc = mfd__readv_full(ch->fd, work, n);
-    }
-    if (h.normal && rc != MFD_IO_OK) {
-        if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE) || mfd__failed(s))
-            return 1;
-        return mfd__fail(s, MFD_ECLOSED,
-                         "channel %u: packet %" PRIu64 ": truncated payload: %s",
-                         ch->id, num,
-                         rc == MFD_IO_ERROR ? strerror(errno)
-                                            : "connection closed by peer");
+    /* The payload: in place, or in the channel's buffers (method.h). */
+    int nsent = 0;
+    bool buffered = false;
+    if (h.normal) {
+        rc = mops->recv(ch, b, &h, num, &nsent, &buffered);
+        if (rc)
+            return rc > 0 ? 1 : -1;
     }
     if (check_crc && h.crc_scope) {
-        if (buffered)
-            crc = mfd__crc32c(crc, ch->bounce, h.next_size);
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < nsent; i++)
             crc = mfd__crc32c(crc, ch->iov[i].iov_base, ch->iov[i].iov_len);
         if (crc != h.crc)
             return CH_FAIL(ch, num, "CRC mismatch over packet and payload: "
                            "packet says 0x%08x, computed 0x%08x", h.crc, crc);
     }
+    if (h.normal && mops->decode) {
+        char derr[256];
+        uint64_t t0 = mfd__now_us();
+        int dr = mops->decode(&ch->m, ch->m.buf, h.next_size, ch->bounce, raw,
+                              derr, sizeof(derr));
+        MFD_STAT_ADD(ch->st.compress_us, mfd__now_us() - t0);
+        if (dr)
+            return CH_FAIL(ch, num, "%s payload: %s", mops->name, derr);
+        MFD_STAT_ADD(ch->st.raw_bytes, raw);
+        MFD_STAT_ADD(ch->st.compressed_bytes, h.next_size);
+    }
     if (buffered && place_pages(ch, b, h.normal, num))
         return -1;
+    const uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
     for (uint32_t i = 0; !buffered && i < h.normal; i++)
         mfd__bitmap_set_atomic(b->receivedmap,
                                mfd__get_be64(offs + 8 * (size_t)i) / ps);
@@ -639,11 +636,23 @@ static int read_setup(mfd_session *s)
     free(body);
     if (!ok)
         return mfd__fail(s, MFD_EPROTO, "main channel: %s", err);
-    if (h.method != MFD_METHOD_NONE)
+    static const uint32_t wire[] = {MFD_METHOD_NONE, MFD_METHOD_ZLIB,
+                                    MFD_METHOD_ZSTD, MFD_METHOD_LZ4};
+    int allowed = -1;
+    for (int i = 0; i < (int)MFD_ARRAY_SIZE(wire); i++)
+        if (wire[i] == h.method)
+            allowed = (s->accept_compression >> i) & 1;
+    if (allowed < 0 || !mfd__method_find(h.method))
         return mfd__fail(s, MFD_EREFUSED,
-                         "HELLO: compression method 0x%x is not supported by "
-                         "this destination",
-                         h.method);
+                         "HELLO: compression method %s (0x%x) is not built "
+                         "into this destination",
+                         mfd__method_name(h.method), h.method);
+    if (!allowed)
+        return mfd__fail(s, MFD_EREFUSED,
+                         "HELLO: compression method %s is not accepted by "
+                         "this destination (accept-compression)",
+                         mfd__method_name(h.method));
+    s->mops = mfd__method_find(h.method);
     memcpy(s->uuid, h.uuid, 16);
     /* Read by mfd_get_stats on other threads. */
     MFD_STAT_SET(s->page_size, h.page_size);
@@ -814,6 +823,8 @@ static int accept_channels(mfd_session *s)
         ch->bounce = malloc(MFD_PACKET_BYTES);
         if (!ch->packet || !ch->iov || !ch->bounce)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        if (s->mops->recv_setup(ch))
+            return -1;
         MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
         if (pthread_create(&ch->thread, NULL, recv_thread, ch))
             return mfd__fail(s, MFD_ESYS, "pthread_create failed");
@@ -1149,6 +1160,8 @@ void mfd__recv_release(mfd_session *s)
             ch->started = false;
         }
         mfd__close_chan_fd(s, &ch->fd);
+        if (s->mops)
+            s->mops->recv_cleanup(ch);
         free(ch->packet);
         free(ch->iov);
         free(ch->bounce);

@@ -50,24 +50,6 @@ static uint32_t partition_zero(const uint8_t *host, uint64_t *off, uint32_t num,
     return w;
 }
 
-/* Builds the payload iovecs of the normal pages, merging adjacent pages. */
-static int payload_iov(struct iovec *iov, uint8_t *host, const uint64_t *off,
-                       uint32_t normal, uint32_t ps)
-{
-    int n = 0;
-    for (uint32_t i = 0; i < normal; i++) {
-        uint8_t *p = host + off[i];
-        if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == p) {
-            iov[n - 1].iov_len += ps;
-        } else {
-            iov[n].iov_base = p;
-            iov[n].iov_len = ps;
-            n++;
-        }
-    }
-    return n;
-}
-
 /*
  * max-bandwidth: every packet takes its slot on one timeline shared by all
  * channels (bytes / rate long) and waits for the slot's start, so over any
@@ -95,20 +77,21 @@ static void pace(mfd_session *s, uint64_t bytes)
 }
 
 static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
-                        uint32_t zero, const char *name, int iovcnt, bool more)
+                        uint32_t zero, const char *name, int iovcnt,
+                        uint32_t next, bool more)
 {
     mfd_session *s = ch->s;
-    uint32_t ps = (uint32_t)s->page_size;
     size_t plen = mfd__packet_len(s->ppp);
-    uint32_t next = normal * ps;
     uint64_t num = __atomic_fetch_add(&s->packet_num, 1, __ATOMIC_RELAXED);
     /*
-     * Pages read from live memory may change between checksum and send:
-     * the CRC covers the payload only in the final pass (PROTOCOL.md 2.2).
+     * Raw pages read from live memory may change between checksum and
+     * send: their CRC covers the payload only in the final pass; a
+     * compressed payload is a buffer of our own (PROTOCOL.md 2.2).
      */
-    uint8_t scope = (s->features & MFD_FEAT_CRC)
-                        ? __atomic_load_n(&s->crc_scope, __ATOMIC_RELAXED)
-                        : 0;
+    uint8_t scope = 0;
+    if (s->features & MFD_FEAT_CRC)
+        scope = s->method != MFD_METHOD_NONE ||
+                __atomic_load_n(&s->crc_scope, __ATOMIC_RELAXED);
 
     mfd__packet_fill(ch->packet, s->ppp, flags, normal, zero, next, num, scope,
                      name);
@@ -170,9 +153,14 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
                8 * (size_t)(ch->prev_listed - b->num));
     ch->prev_listed = b->num;
 
-    int iovcnt = 1 + payload_iov(ch->iov + 1, blk->host, b->offset, normal, ps);
+    uint32_t next = 0;
+    int n = normal ? s->mops->send_prepare(ch, blk->host, b->offset, normal,
+                                           &next)
+                   : 0;
+    if (n < 0)
+        return -1;
     return write_packet(ch, s->method, normal, b->num - normal, blk->name,
-                        iovcnt, more);
+                        1 + n, next, more);
 }
 
 static int send_sync(mfd_send_chan *ch)
@@ -181,7 +169,7 @@ static int send_sync(mfd_send_chan *ch)
         memset(ch->packet + MFD_PKT_OFFSETS, 0, 8 * (size_t)ch->prev_listed);
         ch->prev_listed = 0;
     }
-    return write_packet(ch, MFD_FLAG_SYNC, 0, 0, "", 1, false);
+    return write_packet(ch, MFD_FLAG_SYNC, 0, 0, "", 1, 0, false);
 }
 
 static void *send_thread(void *arg)
@@ -700,7 +688,10 @@ static int handshake(mfd_session *s, const mfd_uri *u)
         .pages_per_packet = s->ppp,
         .channels = (uint32_t)s->channels,
         .method = s->method,
-        .level = 0,
+        .level = s->method == MFD_METHOD_ZLIB   ? (int32_t)s->zlib_level
+                 : s->method == MFD_METHOD_ZSTD ? (int32_t)s->zstd_level
+                 : s->method == MFD_METHOD_LZ4  ? (int32_t)s->lz4_accel
+                                                : 0,
         .zero_page_detection = (uint32_t)s->zpd,
         .features = want,
         .block_count = (uint32_t)s->nblocks,
@@ -785,6 +776,8 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
             slots_ok = slots_ok && ch->slot[k];
         if (!ch->packet || !ch->iov || !slots_ok)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        if (s->mops->send_setup(ch))
+            return -1;
         int fd = mfd__sock_connect(u, err, sizeof(err));
         if (fd < 0)
             return mfd__fail(s, MFD_ESYS, "channel %u: %s", i, err);
@@ -1002,6 +995,7 @@ void mfd__send_release(mfd_session *s)
     for (uint32_t i = 0; s->sc && i < s->nchan; i++) {
         mfd_send_chan *ch = &s->sc[i];
         mfd__close_chan_fd(s, &ch->fd);
+        s->mops->send_cleanup(ch);
         free(ch->packet);
         free(ch->iov);
         for (int k = 0; k < MFD_CHAN_DEPTH; k++) {
@@ -1022,7 +1016,10 @@ int mfd__migrate(mfd_session *s, const char *uri)
     MFD_STAT_SET(s->t_start, mfd__now_us());
     MFD_STAT_SET(s->status, 1);
     s->ppp = MFD_PACKET_BYTES / (uint32_t)s->page_size;
-    s->method = MFD_METHOD_NONE;
+    static const uint32_t wire[] = {MFD_METHOD_NONE, MFD_METHOD_ZLIB,
+                                    MFD_METHOD_ZSTD, MFD_METHOD_LZ4};
+    s->method = wire[s->compression];
+    s->mops = mfd__method_find(s->method);
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__fail(s, MFD_EURI, "%s", err);
     if (s->dirty_tracker != MFD_TRACKER_NONE && !s->live.pause)
