@@ -74,6 +74,29 @@ int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags);
 int mfd__write_full(int fd, const void *buf, size_t len);
 
+/* ---- zero-copy send (zerocopy.c) ---- */
+
+#include <stdint.h>
+
+/* Sets SO_ZEROCOPY on a TCP socket; -1 with errno where unsupported. */
+int mfd__zc_enable(int fd);
+/*
+ * Writes iov[*pos..iovcnt) with MSG_ZEROCOPY; *calls counts the sendmsg
+ * calls that queued data (the kernel numbers its completions by call). On
+ * MFD_IO_ERROR (errno ENOBUFS: too much pinned; reap and call again)
+ * *pos is where to resume.
+ */
+int mfd__zc_writev(int fd, struct iovec *iov, int iovcnt, int *pos,
+                   uint64_t *calls);
+/*
+ * Reaps completions from the error queue: adds the completed calls to
+ * *done and those the kernel copied anyway to *copied. timeout_ms 0 only
+ * takes what is there; otherwise waits up to that long (or until wake_fd is
+ * readable: -1 with errno ECANCELED) for the queue to have something.
+ */
+int mfd__zc_reap(int fd, int wake_fd, int timeout_ms, uint64_t *done,
+                 uint64_t *copied);
+
 /* Human text for a non-OK result of the calls above ("connection closed"). */
 const char *mfd__io_strerror(int rc);
 
