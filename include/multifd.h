@@ -192,7 +192,8 @@ typedef enum {
     MFD_PARAM_DIRTY_TRACKER = 108,
     /*
      * "downtime-limit": milliseconds. Live migration switches over once the
-     * dirty bytes left, at the measured bandwidth, would take no longer.
+     * dirty bytes left, at the measured rate of data pages, would take no
+     * longer.
      * 1..2000000, default 300.
      */
     MFD_PARAM_DOWNTIME_LIMIT = 109,
@@ -434,9 +435,10 @@ MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque);
 /*
  * With a dirty tracker, mfd_migrate() runs QEMU's pre-copy: the first pass
  * sends every page while the embedder's writers keep running; each later
- * pass sends the pages written meanwhile. After each pass it measures the
- * bandwidth (100 ms windows over all channels) and the dirty rate, and
- * switches over once the dirty bytes left / bandwidth <= downtime-limit,
+ * pass sends the pages written meanwhile. After each pass it measures, over
+ * 100 ms windows across all channels, the send rate and the rate at which
+ * data pages move (their bytes before compression), and the dirty rate; it
+ * switches over once the dirty bytes left / that rate <= downtime-limit,
  * after max-iterations passes, or when mfd_switchover() asks: it calls
  * `pause`, collects the last dirty pages, sends them in a final pass, then
  * the device state, and waits for DONE. The writers stay paused after a
@@ -455,7 +457,9 @@ typedef struct {
     uint64_t dirty_pages;        /* pages written meanwhile, to send next */
     uint64_t dirty_rate_bps;     /* bytes dirtied per second during the pass */
     uint64_t bandwidth_bps;      /* measured send rate, bytes per second */
-    uint64_t expected_downtime_ms; /* dirty bytes / bandwidth */
+    /* Guest bytes of normal pages moved per second (before compression). */
+    uint64_t memory_rate_bps;
+    uint64_t expected_downtime_ms; /* dirty bytes / memory_rate_bps */
     int throttle_pct;            /* auto-converge throttle in effect */
 } mfd_pass_info;
 
@@ -558,7 +562,8 @@ typedef struct {
     uint64_t dirty_pages;          /* pages left to send after the last sync */
     uint64_t dirty_rate_bps;       /* bytes dirtied per second, last pass */
     uint64_t bandwidth_bps;        /* measured send rate, last pass */
-    uint64_t expected_downtime_ms; /* dirty bytes / bandwidth */
+    uint64_t memory_rate_bps;      /* normal pages' bytes moved per second */
+    uint64_t expected_downtime_ms; /* dirty bytes / memory_rate_bps */
     uint64_t downtime_us;          /* pause to DONE */
     int throttle_pct;              /* auto-converge throttle in effect */
     int progress_pct;              /* 0..100, never goes backwards */

@@ -152,11 +152,12 @@ void cli_print_pass(FILE *f, cli_progress_kind kind, const mfd_pass_info *p,
                 ", \"bytes\": %" PRIu64 ", \"time_us\": %" PRIu64
                 ", \"dirty_pages\": %" PRIu64 ", \"dirty_rate_bps\": %" PRIu64
                 ", \"bandwidth_bps\": %" PRIu64
+                ", \"memory_rate_bps\": %" PRIu64
                 ", \"expected_downtime_ms\": %" PRIu64
                 ", \"throttle_pct\": %d}\n",
                 p->pass, p->final ? "true" : "false", p->pages, p->bytes,
                 p->time_us, p->dirty_pages, p->dirty_rate_bps,
-                p->bandwidth_bps,
+                p->bandwidth_bps, p->memory_rate_bps,
                 p->expected_downtime_ms == UINT64_MAX ? 0
                                                       : p->expected_downtime_ms,
                 p->throttle_pct);

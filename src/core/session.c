@@ -817,6 +817,7 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
     st->dirty_pages = MFD_STAT_GET(s->dirty_pages);
     st->dirty_rate_bps = MFD_STAT_GET(s->dirty_rate_bps);
     st->bandwidth_bps = MFD_STAT_GET(s->bandwidth_bps);
+    st->memory_rate_bps = MFD_STAT_GET(s->memory_rate_bps);
     st->expected_downtime_ms = MFD_STAT_GET(s->expected_downtime_ms);
     st->downtime_us = MFD_STAT_GET(s->downtime_us);
     st->throttle_pct = MFD_STAT_GET(s->throttle_pct);
@@ -899,7 +900,7 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         ", \"sync_packets\": %" PRIu64 ", \"iterations\": %" PRIu64
         ", \"throughput_gbps\": %.3f, \"dirty_sync_count\": %" PRIu64
         ", \"dirty_pages\": %" PRIu64 ", \"dirty_rate_bps\": %" PRIu64
-        ", \"bandwidth_bps\": %" PRIu64
+        ", \"bandwidth_bps\": %" PRIu64 ", \"memory_rate_bps\": %" PRIu64
         ", \"expected_downtime_ms\": %" PRIu64 ", \"downtime_us\": %" PRIu64
         ", \"throttle_pct\": %d, \"progress_pct\": %d"
         ", \"raw_bytes\": %" PRIu64 ", \"compressed_bytes\": %" PRIu64
@@ -914,7 +915,7 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         st->legacy_zero_pages, st->data_packets, st->sync_packets,
         st->iterations, st->throughput_gbps, st->dirty_sync_count,
         st->dirty_pages, st->dirty_rate_bps, st->bandwidth_bps,
-        st->expected_downtime_ms, st->downtime_us, st->throttle_pct,
+        st->memory_rate_bps, st->expected_downtime_ms, st->downtime_us, st->throttle_pct,
         st->progress_pct, st->raw_bytes, st->compressed_bytes,
         st->compress_us, st->compression_ratio, st->zerocopy_sends,
         st->zerocopy_notifications, st->zerocopy_copied,

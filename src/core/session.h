@@ -249,6 +249,7 @@ struct mfd_session {
     uint64_t dirty_pages; /* left to send: set in the dirty bitmaps */
     uint64_t dirty_rate_bps;
     uint64_t bandwidth_bps;
+    uint64_t memory_rate_bps;
     uint64_t expected_downtime_ms;
     uint64_t downtime_us;
     int throttle_pct;

@@ -380,24 +380,33 @@ static int legacy_add(mfd_session *s, legacy_zero_buf *z, uint32_t block,
 
 /* ---- passes ------------------------------------------------------------ */
 
-static uint64_t channel_bytes(mfd_session *s)
+/* Bytes on the wire and normal pages sent, over all channels. */
+static uint64_t channel_bytes(mfd_session *s, uint64_t *normal)
 {
-    uint64_t n = 0;
-    for (uint32_t i = 0; i < s->nchan; i++)
+    uint64_t n = 0, p = 0;
+    for (uint32_t i = 0; i < s->nchan; i++) {
         n += MFD_STAT_GET(s->sc[i].st.bytes);
+        p += MFD_STAT_GET(s->sc[i].st.normal_pages);
+    }
+    if (normal)
+        *normal = p;
     return n;
 }
 
 /*
- * The migration thread's measurements: the send rate over 100 ms windows
- * (closed as batches are queued, and at the end of a pass), and the
- * progress figure.
+ * The migration thread's measurements over 100 ms windows (closed as
+ * batches are queued, and at the end of a pass): the send rate on the wire
+ * (what max-bandwidth caps) and the rate of normal pages (guest bytes of
+ * data pages moved per second, before compression) - the one that predicts
+ * how long the dirty pages will take, since they are written pages; zero
+ * pages, which cost next to nothing, do not inflate it. Also the progress
+ * figure.
  */
 typedef struct {
-    uint64_t pass_t0, pass_b0;  /* start of the pass: time, channel bytes */
-    uint64_t win_t0, win_b0;    /* start of the open window */
-    uint64_t win_us, win_bytes; /* closed windows of this pass */
-    uint64_t queued;            /* pages queued over all passes */
+    uint64_t pass_t0, pass_b0;        /* start of the pass */
+    uint64_t win_t0, win_b0, win_p0;  /* start of the open window */
+    uint64_t win_us, win_bytes, win_pages; /* closed windows of this pass */
+    uint64_t queued;                  /* pages queued over all passes */
 } meter;
 
 static void meter_window(mfd_session *s, meter *m, bool force)
@@ -405,18 +414,20 @@ static void meter_window(mfd_session *s, meter *m, bool force)
     uint64_t now = mfd__now_us();
     if (!force && now - m->win_t0 < 100000)
         return;
-    uint64_t b = channel_bytes(s);
+    uint64_t p, b = channel_bytes(s, &p);
     m->win_us += now - m->win_t0;
     m->win_bytes += b - m->win_b0;
+    m->win_pages += p - m->win_p0;
     m->win_t0 = now;
     m->win_b0 = b;
+    m->win_p0 = p;
 }
 
 static void meter_pass_begin(mfd_session *s, meter *m)
 {
     m->pass_t0 = m->win_t0 = mfd__now_us();
-    m->pass_b0 = m->win_b0 = channel_bytes(s);
-    m->win_us = m->win_bytes = 0;
+    m->pass_b0 = m->win_b0 = channel_bytes(s, &m->win_p0);
+    m->win_us = m->win_bytes = m->win_pages = 0;
 }
 
 /* After each queued batch: the windows and the progress figure. */
@@ -563,11 +574,17 @@ static int end_pass(mfd_session *s, meter *m, uint64_t pass, bool final,
     memset(p, 0, sizeof(*p));
     p->pass = pass;
     p->final = final;
-    p->bytes = channel_bytes(s) - m->pass_b0;
+    p->bytes = channel_bytes(s, NULL) - m->pass_b0;
     p->time_us = now - m->pass_t0;
     if (m->win_us)
         MFD_STAT_SET(s->bandwidth_bps, m->win_bytes * 1000000 / m->win_us);
+    /* A pass of zero pages alone says nothing of the data rate. */
+    if (m->win_us && m->win_pages)
+        MFD_STAT_SET(s->memory_rate_bps, m->win_pages *
+                                             (uint64_t)s->page_size *
+                                             1000000 / m->win_us);
     p->bandwidth_bps = MFD_STAT_GET(s->bandwidth_bps);
+    p->memory_rate_bps = MFD_STAT_GET(s->memory_rate_bps);
     p->throttle_pct = MFD_STAT_GET(s->throttle_pct);
     bool copied = false;
     for (uint32_t i = 0; i < s->nchan; i++)
@@ -636,8 +653,8 @@ static int precopy(mfd_session *s)
         p.dirty_rate_bps = dirty * ps * 1000000 / MFD_MAX(now - last_sync, 1);
         last_sync = now;
         p.expected_downtime_ms =
-            p.bandwidth_bps ? dirty * ps * 1000 / p.bandwidth_bps
-                            : (dirty ? UINT64_MAX : 0);
+            p.memory_rate_bps ? dirty * ps * 1000 / p.memory_rate_bps
+                              : (dirty ? UINT64_MAX : 0);
         MFD_STAT_SET(s->dirty_rate_bps, p.dirty_rate_bps);
         MFD_STAT_SET(s->expected_downtime_ms, p.expected_downtime_ms);
         if (s->live.progress)
