@@ -155,6 +155,16 @@ static int zlib_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
         if (z->avail_in == in0 && (full || z->avail_out == out0))
             break;
     }
+    /*
+     * A packet ends byte-aligned at a block boundary (after its sync flush
+     * or a stored block): inflate then waits for a block header with no
+     * bits left over (data_type 128). Anything else is a cut payload.
+     */
+    if (!z->avail_in && !z->avail_out && z->data_type != 128) {
+        snprintf(err, errlen, "ends inside a block (the packet must end with "
+                              "a sync flush)");
+        return -1;
+    }
     if (z->avail_in || z->avail_out) {
         snprintf(err, errlen,
                  "inflates to %llu bytes, expected %llu (normal pages x page "

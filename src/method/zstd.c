@@ -100,22 +100,26 @@ static void zstd_recv_cleanup(mfd_recv_chan *ch)
     ch->m.buf = NULL;
 }
 
+/*
+ * A packet must decode to exactly out_len bytes and end where a flush ends:
+ * at a block boundary (the decoder then wants a 3-byte block header next,
+ * or 0 at the end of a frame). Surplus output the decoder still holds once
+ * `out` is full is a bomb, even when all input was taken.
+ */
 static int zstd_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
                        uint8_t *dst, uint64_t out_len, char *err,
                        size_t errlen)
 {
     ZSTD_inBuffer in = {src, len, 0};
     ZSTD_outBuffer out = {dst, out_len, 0};
+    size_t hint = 0;
     for (;;) {
-        size_t before_in = in.pos, before_out = out.pos, r;
+        size_t before_in = in.pos, before_out = out.pos;
         if (out.pos == out.size) {
-            if (in.pos == in.size)
-                break;
-            /* Full: what is left may only be the flush's empty blocks. */
             uint8_t spare;
             ZSTD_outBuffer more = {&spare, 1, 0};
-            r = ZSTD_decompressStream(m->state, &more, &in);
-            if (!ZSTD_isError(r) && more.pos) {
+            hint = ZSTD_decompressStream(m->state, &more, &in);
+            if (!ZSTD_isError(hint) && more.pos) {
                 snprintf(err, errlen,
                          "decodes to more than %llu bytes (normal pages x "
                          "page size)",
@@ -123,10 +127,10 @@ static int zstd_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
                 return -1;
             }
         } else {
-            r = ZSTD_decompressStream(m->state, &out, &in);
+            hint = ZSTD_decompressStream(m->state, &out, &in);
         }
-        if (ZSTD_isError(r)) {
-            snprintf(err, errlen, "%s", ZSTD_getErrorName(r));
+        if (ZSTD_isError(hint)) {
+            snprintf(err, errlen, "%s", ZSTD_getErrorName(hint));
             return -1;
         }
         if (in.pos == before_in && out.pos == before_out)
@@ -138,6 +142,11 @@ static int zstd_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
                  "size)%s",
                  out.pos, (unsigned long long)out_len,
                  in.pos < in.size ? " with input left over" : "");
+        return -1;
+    }
+    if (hint != 0 && hint != 3) {
+        snprintf(err, errlen,
+                 "ends inside a block (the packet must end with a flush)");
         return -1;
     }
     return 0;

@@ -229,13 +229,15 @@ static int recv_one(mfd_recv_chan *ch)
         return CH_FAIL(ch, num, "next_packet_size %u, expected %" PRIu64
                        " for %u normal pages",
                        h.next_size, raw, h.normal);
+    /* PROTOCOL.md 2.2: the bound for a full packet, whatever it holds. */
     if (mops->decode && (!h.normal != !h.next_size ||
-                         h.next_size > mops->bound(h.normal, ps)))
+                         h.next_size > mops->bound(s->ppp, ps)))
         return CH_FAIL(ch, num,
-                       "next_packet_size %u for %u normal pages (%s: 1..%" PRIu64
-                       ", 0 without pages)",
+                       "next_packet_size %u for %u normal pages (%s: %s%" PRIu64
+                       ")",
                        h.next_size, h.normal, mops->name,
-                       mops->bound(h.normal, ps));
+                       h.normal ? "at most " : "0 without pages, not ",
+                       h.normal ? mops->bound(s->ppp, ps) : (uint64_t)h.next_size);
 
     uint32_t crc = 0;
     bool check_crc = s->features & MFD_FEAT_CRC;

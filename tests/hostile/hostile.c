@@ -16,7 +16,9 @@
  *
  * The program speaks the wire format byte for byte by hand, on purpose: it
  * shares no code with the library, so a misreading of the protocol on either
- * side shows up as a disagreement instead of cancelling out.
+ * side shows up as a disagreement instead of cancelling out. Compressed
+ * payloads (PROTOCOL.md 2.3) are made with zlib, libzstd and liblz4 called
+ * directly, framed here as the protocol says.
  *
  * Output is line oriented on stdout so that the driver can grep it:
  *   DONE                       the destination sent DONE
@@ -50,7 +52,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lz4.h>
 #include <xxhash.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #define MAIN_MAGIC 0x4D464443u
 #define DATA_MAGIC 0x11223344u
@@ -79,6 +84,12 @@
 #define FLAG_SYNC 1u
 #define FLAG_METHOD_MASK 0x3eu
 
+/* Compression methods (PROTOCOL.md 2.3), in HELLO.method and flags bits 1..5. */
+#define M_NONE 0x00u
+#define M_ZLIB 0x02u
+#define M_ZSTD 0x04u
+#define M_LZ4 0x06u
+
 #define ZPD_NONE 0u
 #define ZPD_LEGACY 1u
 #define ZPD_MULTIFD 2u
@@ -88,6 +99,11 @@
 #define MAX_PPP 128u /* 524288 / 4096 */
 #define MAX_CHANNELS 255
 #define MAX_BLOCKS 8
+/*
+ * Room for one packet's payload: raw pages (512 KiB) or their compressed
+ * chunk, which may grow a little on incompressible pages, with margin.
+ */
+#define PAYLOAD_CAP (2u * PACKET_BYTES + 65536u)
 
 /* Timeouts in milliseconds: generous, the driver bounds every run anyway. */
 #define IO_TIMEOUT 15000
@@ -254,6 +270,28 @@ static void fill_random(uint8_t *p, size_t n)
                 p[i + k] = (uint8_t)(v >> (8 * k));
             i += 7;
         }
+    }
+}
+
+/*
+ * Fills a page with text that compresses well but not to nothing, so that
+ * every method emits real compressed data (Huffman codes, zstd sequences,
+ * LZ4 sequences), not the stored or raw blocks random pages give, in which
+ * a flipped byte decodes to a page of the right size that nothing can fault.
+ */
+static void fill_text(uint8_t *p, uint32_t ps, unsigned page)
+{
+    char line[128];
+    uint32_t o = 0;
+
+    for (unsigned k = 0; o < ps; k++) {
+        int n = snprintf(line, sizeof(line),
+                         "page %04u line %03u: the quick brown fox jumps over the lazy dog %u\n",
+                         page, k, (page * 7919u + k * 104729u) % 1000003u);
+        uint32_t take = (uint32_t)n < ps - o ? (uint32_t)n : ps - o;
+
+        memcpy(p + o, line, take);
+        o += take;
     }
 }
 
@@ -577,6 +615,7 @@ struct src {
     int dfd[MAX_CHANNELS];
     uint8_t uuid[16];
     uint32_t ps, ppp, zpd, method;
+    int32_t level;     /* HELLO.level, and the level this peer's encoders use */
     uint64_t feat, acc;
     int nb;
     struct blk b[MAX_BLOCKS];
@@ -586,6 +625,9 @@ struct src {
     uint64_t iter;     /* last ITERATION_END sent */
     int stray_fd[4];
     int nstray;
+    /* Per channel, one compression stream for the whole migration (2.3). */
+    z_stream *zs[MAX_CHANNELS];
+    ZSTD_CCtx *zc[MAX_CHANNELS];
 };
 
 static size_t hdr_len(uint32_t ppp) { return HDR_FIXED + 8u * ppp; }
@@ -708,7 +750,7 @@ static void src_hello(struct src *s, uint32_t ps, uint32_t ppp, uint32_t nch, ui
     buf_32(&b, ppp);
     buf_32(&b, nch);
     buf_32(&b, method);
-    buf_32(&b, 0); /* level */
+    buf_32(&b, (uint32_t)s->level);
     buf_32(&b, s->zpd);
     buf_64(&b, s->feat);
     buf_32(&b, nb);
@@ -744,6 +786,12 @@ static void src_optional(struct src *s, uint32_t type)
  * SETUP_END, mid pass, before ITERATION_END, before DIGESTS.
  */
 static uint32_t g_optional;
+
+/*
+ * Set: the first packet with pages of the last pass goes out with 16 bytes
+ * in the middle of its payload XORed with 0xA5 (after its CRC, if any).
+ */
+static bool g_flip;
 
 static void src_setup(struct src *s)
 {
@@ -913,6 +961,161 @@ static void pkt_crc(struct src *s, uint8_t *hdr, const uint8_t *payload, size_t 
     put32(hdr + 36, ~c);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Compression (PROTOCOL.md 2.3), with zlib, libzstd and liblz4 directly. */
+
+static const char *method_name(uint32_t m)
+{
+    switch (m) {
+    case M_NONE: return "none";
+    case M_ZLIB: return "zlib";
+    case M_ZSTD: return "zstd";
+    case M_LZ4: return "lz4";
+    default: return "unknown";
+    }
+}
+
+/*
+ * Set: zlib and zstd also flush after every page, not only at the end of
+ * the packet. 2.3 asks for a flush at the end of each packet and does not
+ * forbid more; each flush costs bytes (zlib: about 10 bytes per random
+ * page, the stored block's header and the flush's empty stored block),
+ * which the destination's bound for the packet must allow.
+ */
+static bool g_page_flush;
+
+/*
+ * Compresses n bytes (whole pages, in order) as the next chunk of channel
+ * ch's stream for method m, into out (cap bytes); returns the chunk's
+ * length, the packet's next_packet_size.
+ *   zlib: one stream per channel for the whole migration; the pages are
+ *         deflated in order and the chunk ends with a sync flush (with
+ *         finish: Z_FINISH instead, a stream that ends, which 2.3 rules out).
+ *   zstd: one stream per channel; pages fed in order; the chunk ends with a
+ *         flush (ZSTD_e_flush).
+ *   lz4:  per page a u32 big-endian length c and c bytes of LZ4 block;
+ *         c == page size: the page raw (it did not shrink).
+ */
+static size_t comp_chunk(struct src *s, int ch, uint32_t m, const uint8_t *raw, size_t n,
+                         uint8_t *out, size_t cap, bool finish)
+{
+    uint32_t ps = s->ps;
+
+    if (n % ps)
+        die("internal: compressing %zu bytes, not whole pages", n);
+    if (m == M_ZLIB) {
+        z_stream *z = s->zs[ch];
+
+        if (!z) {
+            z = s->zs[ch] = xcalloc(1, sizeof(*z));
+            if (deflateInit(z, s->level >= 0 && s->level <= 9 ? s->level
+                                                              : Z_DEFAULT_COMPRESSION) != Z_OK)
+                die("deflateInit failed");
+        }
+        z->next_out = out;
+        z->avail_out = (uInt)cap;
+        for (size_t o = 0; o < n; o += ps) {
+            int flush = o + ps < n ? (g_page_flush ? Z_SYNC_FLUSH : Z_NO_FLUSH)
+                        : finish     ? Z_FINISH
+                                     : Z_SYNC_FLUSH;
+            int r;
+
+            z->next_in = (Bytef *)raw + o;
+            z->avail_in = ps;
+            do {
+                r = deflate(z, flush);
+                if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
+                    die("deflate: %d", r);
+                /* Never out of room: then the flush is complete when deflate returns. */
+                if (!z->avail_out)
+                    die("deflate: chunk larger than %zu bytes", cap);
+            } while (z->avail_in || (flush == Z_FINISH && r != Z_STREAM_END));
+        }
+        return cap - z->avail_out;
+    }
+    if (m == M_ZSTD) {
+        ZSTD_CCtx *c = s->zc[ch];
+        ZSTD_outBuffer ob = { out, cap, 0 };
+        size_t r;
+
+        if (!c) {
+            c = s->zc[ch] = ZSTD_createCCtx();
+            if (!c || ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel,
+                                                          s->level)))
+                die("zstd: cannot set up a context at level %" PRId32, s->level);
+        }
+        for (size_t o = 0; o < n; o += ps) {
+            ZSTD_inBuffer ib = { raw + o, ps, 0 };
+            ZSTD_EndDirective e = g_page_flush ? ZSTD_e_flush : ZSTD_e_continue;
+
+            do {
+                r = ZSTD_compressStream2(c, &ob, &ib, e);
+                if (ZSTD_isError(r))
+                    die("zstd: %s", ZSTD_getErrorName(r));
+                if (ob.pos == ob.size)
+                    die("zstd: chunk larger than %zu bytes", cap);
+            } while (ib.pos < ib.size || (e == ZSTD_e_flush && r));
+        }
+        do {
+            ZSTD_inBuffer ib = { NULL, 0, 0 };
+
+            r = ZSTD_compressStream2(c, &ob, &ib, ZSTD_e_flush);
+            if (ZSTD_isError(r))
+                die("zstd flush: %s", ZSTD_getErrorName(r));
+            if (r && ob.pos == ob.size)
+                die("zstd: chunk larger than %zu bytes", cap);
+        } while (r);
+        return ob.pos;
+    }
+    if (m == M_LZ4) {
+        size_t pos = 0;
+
+        for (size_t o = 0; o < n; o += ps) {
+            int c;
+
+            if (pos + 4 + ps > cap)
+                die("lz4: chunk larger than %zu bytes", cap);
+            /* At most page size - 1: what does not shrink goes raw. */
+            c = LZ4_compress_fast((const char *)raw + o, (char *)out + pos + 4, (int)ps,
+                                  (int)ps - 1, s->level > 0 ? s->level : 1);
+            if (c <= 0) {
+                memcpy(out + pos + 4, raw + o, ps);
+                c = (int)ps;
+            }
+            put32(out + pos, (uint32_t)c);
+            pos += 4 + (size_t)c;
+        }
+        return pos;
+    }
+    if (m == M_NONE) {
+        if (n > cap)
+            die("raw chunk larger than %zu bytes", cap);
+        memcpy(out, raw, n);
+        return n;
+    }
+    die("internal: no encoder for method 0x%" PRIx32, m);
+}
+
+/*
+ * Replaces a packet's raw payload (payload has PAYLOAD_CAP bytes) by its
+ * compressed chunk on channel ch, and next_packet_size by the chunk's
+ * length. A packet without normal pages has no payload in any method.
+ */
+static size_t pkt_compress(struct src *s, int ch, uint8_t *hdr, uint8_t *payload, size_t rawlen)
+{
+    static uint8_t *tmp;
+    size_t n;
+
+    if (s->method == M_NONE || !rawlen)
+        return rawlen;
+    if (!tmp)
+        tmp = xcalloc(1, PAYLOAD_CAP);
+    n = comp_chunk(s, ch, s->method, payload, rawlen, tmp, PAYLOAD_CAP, false);
+    memcpy(payload, tmp, n);
+    put32(hdr + 20, (uint32_t)n);
+    return n;
+}
+
 static void pkt_count(struct src *s, const struct pkt *p)
 {
     s->n_normal += p->nn;
@@ -968,7 +1171,7 @@ static void src_pass(struct src *s, uint8_t *const *act, int scope, bool sync_wi
     struct pkt *pk = xcalloc(cap, sizeof(*pk));
     uint64_t *zrec = xcalloc(4096, sizeof(*zrec));
     uint8_t hdr[HDR_FIXED + 8 * MAX_PPP];
-    uint8_t *payload = xcalloc(MAX_PPP, s->ps);
+    uint8_t *payload = xcalloc(1, PAYLOAD_CAP);
     int *last = xcalloc((size_t)s->nch, sizeof(int));
 
     for (int bi = 0; bi < s->nb; bi++) {
@@ -1027,7 +1230,14 @@ static void src_pass(struct src *s, uint8_t *const *act, int scope, bool sync_wi
         if (sync_with_pages && last[ch] == (int)i)
             pk[i].flags |= FLAG_SYNC;
         plen = pkt_encode(s, &pk[i], hdr, payload);
+        plen = pkt_compress(s, ch, hdr, payload, plen);
         pkt_crc(s, hdr, payload, plen, scope);
+        if (g_flip && plen >= 16) {
+            for (size_t k = plen / 2 - 8; k < plen / 2 + 8; k++)
+                payload[k] ^= 0xA5;
+            printf("FLIPPED packet %zu of the pass: 16 of its %zu payload bytes\n", i, plen);
+            g_flip = false;
+        }
         send_packet(s, ch, hdr, payload, plen);
         pkt_count(s, &pk[i]);
         if (g_optional && i == np / 2)
@@ -1102,6 +1312,15 @@ static void src_close(struct src *s)
         close(s->stray_fd[i]);
     if (s->main_fd >= 0)
         close(s->main_fd);
+    for (int i = 0; i < MAX_CHANNELS; i++) {
+        if (s->zs[i]) {
+            deflateEnd(s->zs[i]);
+            free(s->zs[i]);
+            s->zs[i] = NULL;
+        }
+        ZSTD_freeCCtx(s->zc[i]);
+        s->zc[i] = NULL;
+    }
 }
 
 static void src_wait_done(struct src *s)
@@ -1170,13 +1389,15 @@ static void src_expect_error(struct src *s, bool required)
 /* Source scenarios */
 
 struct vopt {
-    uint32_t zpd, ps, preamble_version, want_version;
+    uint32_t zpd, ps, preamble_version, want_version, method;
+    int32_t level;
     uint64_t feat;
     int nch, passes, scope_first;
     bool sync_with_pages, reverse, dev_chunks, big;
     enum stray stray;
     int64_t complete_delta;
     bool bad_digest;
+    bool flip; /* ram0 as text; its packet's payload flipped in the middle (g_flip) */
 };
 
 static void vopt_default(struct vopt *o)
@@ -1240,10 +1461,18 @@ static int run_valid(const char *uri, const char *outdir, const struct vopt *o)
 {
     struct src s;
     uint8_t *act[MAX_BLOCKS];
-    bool negative = o->complete_delta || o->bad_digest;
+    bool negative = o->complete_delta || o->bad_digest || o->flip;
 
     src_init(&s, uri, outdir, o->ps, o->nch, o->zpd, o->feat);
+    s.method = o->method;
+    s.level = o->level;
     gen_blocks(s.b, &s.nb, s.ps, o->big);
+    if (o->flip) {
+        for (unsigned pg = 0; pg < s.b[0].len / s.ps; pg++)
+            fill_text(s.b[0].mem + (size_t)pg * s.ps, s.ps, pg);
+        /* The destination may hang up at the flipped packet. */
+        g_tolerant = true;
+    }
     src_start(&s, o);
     if ((o->feat & (FEAT_CRC | FEAT_VERIFY)) && s.acc != o->feat)
         hfail("READY accepted features 0x%" PRIx64 ", want 0x%" PRIx64, s.acc, o->feat);
@@ -1275,6 +1504,7 @@ static int run_valid(const char *uri, const char *outdir, const struct vopt *o)
             }
         }
     }
+    g_flip = o->flip;
     src_pass(&s, act, 1, o->sync_with_pages);
     write_blocks(outdir, s.b, s.nb);
     printf("SENT normal=%" PRIu64 " zero=%" PRIu64 " packets=%" PRIu64 "\n", s.n_normal,
@@ -1287,15 +1517,16 @@ static int run_valid(const char *uri, const char *outdir, const struct vopt *o)
     return 0;
 }
 
-/* A session set up for a hostile act: standard blocks, channels connected. */
-static void hostile_start(struct src *s, const char *uri, int nch, uint32_t zpd, uint64_t feat,
-                          bool connect_channels)
+/*
+ * A session set up for a hostile act: standard blocks, the given method
+ * negotiated, channels connected.
+ */
+static void hostile_start_m(struct src *s, const char *uri, int nch, uint32_t zpd, uint64_t feat,
+                            uint32_t method, bool connect_channels)
 {
-    struct vopt o;
-
-    vopt_default(&o);
-    o.nch = nch;
     src_init(s, uri, NULL, 4096, nch, zpd, feat);
+    s->method = method;
+    s->level = method == M_NONE ? 0 : 1;
     gen_blocks(s->b, &s->nb, s->ps, false);
     src_connect_main(s, 1);
     src_read_preamble(s, 1);
@@ -1304,6 +1535,12 @@ static void hostile_start(struct src *s, const char *uri, int nch, uint32_t zpd,
     g_tolerant = true;
     if (connect_channels)
         src_channels(s, false, STRAY_NONE);
+}
+
+static void hostile_start(struct src *s, const char *uri, int nch, uint32_t zpd, uint64_t feat,
+                          bool connect_channels)
+{
+    hostile_start_m(s, uri, nch, zpd, feat, M_NONE, connect_channels);
 }
 
 /* Plans the probe packet the packet mutations start from: ram1, 3 normal + 1 zero. */
@@ -1394,6 +1631,233 @@ static int run_packet_mutation(const char *uri, enum pmut m)
     src_expect_error(&s, false);
     src_close(&s);
     free(payload);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Compressed payloads (PROTOCOL.md 2.2, 2.3) */
+
+/* Offset of page i's length field in an lz4 chunk. */
+static size_t lz4_field(const uint8_t *pay, unsigned i)
+{
+    size_t pos = 0;
+
+    while (i--)
+        pos += 4 + get32(pay + pos);
+    return pos;
+}
+
+/* Replaces page 0 of an lz4 chunk of plen bytes by length c and block blk. */
+static size_t lz4_put_first(uint8_t *pay, size_t plen, uint32_t c, const uint8_t *blk)
+{
+    size_t old = 4 + get32(pay);
+
+    memmove(pay + 4 + c, pay + old, plen - old);
+    put32(pay, c);
+    memcpy(pay + 4, blk, c);
+    return plen - old + 4 + c;
+}
+
+/*
+ * CASE = METHOD-WHAT: the destination negotiated METHOD (zlib, zstd, lz4);
+ * channel 0 then sends the probe packet (ram1: 3 normal pages of text, 1
+ * zero page) with its payload compressed and then broken as WHAT says:
+ *   flip          (zlib, lz4) 16 bytes in the middle of the chunk XORed with
+ *                 0xA5: for this data both decoders see the damage. Not zstd:
+ *                 there the same flip decodes to 3 pages of wrong bytes, which
+ *                 the format cannot tell (METHOD-flip-verify covers that)
+ *   flip-head     the chunk's first 16 bytes XORed with 0xA5: the zlib header,
+ *                 the zstd frame header, page 0's lz4 length
+ *   trunc         half the chunk, then the channel closes
+ *   short         next_packet_size 10 bytes short of the chunk; the whole
+ *                 chunk and garbage follow (read as the next packet)
+ *   bound         pages_per_packet normal pages, next_packet_size 1 MiB + 1:
+ *                 above any bound for 512 KiB of pages (only the small
+ *                 chunk follows: it must be refused before it is read)
+ *   bound-huge    next_packet_size 0xFFFFFFFF
+ *   bomb          a chunk of a few KiB that decodes to 2 MiB (lz4: page 0's
+ *                 block decodes to 8 pages), for 3 normal pages (12 KiB)
+ *   nopages       normal_pages 0 (1 zero page) but the chunk as payload
+ *   method-other  flags carry another compressing method (its chunk follows)
+ *   method-none   flags carry none (0), the raw pages follow
+ *   empty         normal_pages 3, next_packet_size 0
+ *   shared-stream (zlib, zstd) a valid packet on channel 0, then the next
+ *                 chunk of channel 0's stream on channel 1
+ *   finish        (zlib) the chunk ends the stream (Z_FINISH), not a sync flush
+ *   lz4 only: len0 (page 0's length 0), len-big (raw pages, page 0's length
+ *   page size + 1), len-past (page 2's length runs 1 byte past the chunk),
+ *   len-cut (the chunk ends 2 bytes into page 2's length field), trailing
+ *   (16 bytes after the last page), short-page (page 0's block decodes to
+ *   half a page).
+ */
+static int run_comp_case(const char *uri, const char *name)
+{
+    static const struct {
+        const char *pfx;
+        uint32_t m, other;
+    } ms[] = { { "zlib-", M_ZLIB, M_ZSTD }, { "zstd-", M_ZSTD, M_LZ4 }, { "lz4-", M_LZ4, M_ZLIB } };
+    struct src s;
+    uint8_t hdr[HDR_FIXED + 8 * MAX_PPP];
+    uint8_t *raw = xcalloc(1, PAYLOAD_CAP), *pay = xcalloc(1, PAYLOAD_CAP);
+    uint8_t *tmp = xcalloc(1, PAYLOAD_CAP);
+    uint32_t m = 0, other = 0, ps;
+    uint64_t next;
+    size_t rawlen, plen = 0, sent, garbage = 0, hl;
+    const char *what = NULL;
+    bool trunc = false, lz4 = false;
+    int target = 0; /* the channel the broken packet goes on */
+
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+        if (!strncmp(name, ms[i].pfx, strlen(ms[i].pfx))) {
+            m = ms[i].m;
+            other = ms[i].other;
+            what = name + strlen(ms[i].pfx);
+        }
+    if (!what)
+        die("internal: %s is not a compression case", name);
+    lz4 = m == M_LZ4;
+    hostile_start_m(&s, uri, 3, ZPD_MULTIFD, 0, m, true);
+    ps = s.ps;
+    hl = hdr_len(s.ppp);
+    if (strcmp(what, "len-big"))
+        for (unsigned pg = 1; pg <= 4; pg++)
+            fill_text(s.b[1].mem + (size_t)pg * ps, ps, pg);
+    probe_packet(&s, hdr, raw, &rawlen);
+    /*
+     * The probe's chunk, on channel 0's stream, unless the case sends another
+     * chunk on that stream instead: the stream must hold only what is sent.
+     */
+    if (lz4 || (strcmp(what, "bomb") && strcmp(what, "method-none")))
+        plen = comp_chunk(&s, 0, m, raw, rawlen, pay, PAYLOAD_CAP, !strcmp(what, "finish"));
+
+    if (!strcmp(what, "flip") && m != M_ZSTD) {
+        size_t at = plen / 2 >= 8 ? plen / 2 - 8 : 0;
+
+        for (size_t i = at; i < at + 16 && i < plen; i++)
+            pay[i] ^= 0xA5;
+    } else if (!strcmp(what, "flip-head")) {
+        for (size_t i = 0; i < 16 && i < plen; i++)
+            pay[i] ^= 0xA5;
+    } else if (!strcmp(what, "trunc")) {
+        trunc = true;
+    } else if (!strcmp(what, "short")) {
+        garbage = 4096;
+    } else if (!strcmp(what, "bound")) {
+        put32(hdr + 16, s.ppp);
+        put32(hdr + 32, 0);
+        for (uint32_t i = 0; i < s.ppp; i++)
+            put64(hdr + HDR_FIXED + 8 * i, (uint64_t)i * ps);
+    } else if (!strcmp(what, "bound-huge") || !strcmp(what, "empty")) {
+        /* next_packet_size alone, below. */
+    } else if (!strcmp(what, "shared-stream") && !lz4) {
+        /*
+         * A valid packet on channel 0, then the next chunk of channel 0's
+         * stream sent on channel 1, whose stream has not begun: as a source
+         * sharing one stream among its channels would.
+         */
+        uint8_t hdr2[HDR_FIXED + 8 * MAX_PPP];
+        size_t n2;
+
+        write_all(s.dfd[0], hdr, hl);
+        write_all(s.dfd[0], pay, plen);
+        probe_packet(&s, hdr2, raw, &rawlen);
+        n2 = comp_chunk(&s, 0, m, raw, rawlen, pay, PAYLOAD_CAP, false);
+        put32(hdr2 + 20, (uint32_t)n2);
+        memcpy(hdr, hdr2, hl);
+        plen = n2;
+        target = 1;
+    } else if (!strcmp(what, "bomb")) {
+        if (lz4) {
+            uint8_t *z = xcalloc(8, ps);
+            int c = LZ4_compress_default((const char *)z, (char *)tmp, (int)(8 * ps),
+                                         (int)PAYLOAD_CAP);
+
+            if (c <= 0 || (uint32_t)c >= ps)
+                die("lz4: 8 zero pages compress to %d bytes", c);
+            plen = lz4_put_first(pay, plen, (uint32_t)c, tmp);
+            free(z);
+        } else {
+            uint8_t *z = xcalloc(512, ps);
+
+            plen = comp_chunk(&s, 0, m, z, 512ull * ps, pay, PAYLOAD_CAP, false);
+            free(z);
+        }
+        if (plen >= rawlen)
+            die("bomb chunk of %zu bytes is not small", plen);
+        note("bomb: %zu payload bytes for %zu bytes of pages", plen, rawlen);
+    } else if (!strcmp(what, "nopages")) {
+        memset(hdr + HDR_FIXED, 0, 8ull * s.ppp);
+        put32(hdr + 16, 0);
+        put32(hdr + 32, 1);
+        put64(hdr + HDR_FIXED, 5ull * ps);
+    } else if (!strcmp(what, "method-other")) {
+        put32(hdr + 8, (get32(hdr + 8) & ~FLAG_METHOD_MASK) | other);
+        plen = comp_chunk(&s, 0, other, raw, rawlen, pay, PAYLOAD_CAP, false);
+    } else if (!strcmp(what, "method-none")) {
+        put32(hdr + 8, get32(hdr + 8) & ~FLAG_METHOD_MASK);
+        memcpy(pay, raw, rawlen);
+        plen = rawlen;
+    } else if (!strcmp(what, "finish") && m == M_ZLIB) {
+        /* The chunk as comp_chunk made it. */
+    } else if (lz4 && !strcmp(what, "len0")) {
+        put32(pay, 0);
+    } else if (lz4 && !strcmp(what, "len-big")) {
+        if (get32(pay) != ps)
+            die("lz4: a random page was not stored raw (length %" PRIu32 ")", get32(pay));
+        put32(pay, ps + 1);
+    } else if (lz4 && !strcmp(what, "len-past")) {
+        size_t f = lz4_field(pay, 2);
+
+        put32(pay + f, (uint32_t)(plen - f - 4) + 1);
+    } else if (lz4 && !strcmp(what, "len-cut")) {
+        plen = lz4_field(pay, 2) + 2;
+    } else if (lz4 && !strcmp(what, "trailing")) {
+        memset(pay + plen, 0xEE, 16);
+        plen += 16;
+    } else if (lz4 && !strcmp(what, "short-page")) {
+        int c = LZ4_compress_default((const char *)raw, (char *)tmp, (int)ps / 2, (int)ps - 1);
+
+        if (c <= 0)
+            die("lz4: half a text page did not compress");
+        plen = lz4_put_first(pay, plen, (uint32_t)c, tmp);
+    } else {
+        die("unknown compression case '%s'", name);
+    }
+
+    sent = plen;
+    next = plen;
+    if (!strcmp(what, "trunc"))
+        sent = plen / 2;
+    if (!strcmp(what, "short"))
+        next = plen - 10;
+    if (!strcmp(what, "bound"))
+        next = 2ull * PACKET_BYTES + 1;
+    if (!strcmp(what, "bound-huge"))
+        next = 0xFFFFFFFFu;
+    if (!strcmp(what, "empty"))
+        next = sent = 0;
+    put32(hdr + 20, (uint32_t)next);
+    printf("SENDING %s packet: next_packet_size %" PRIu64 ", %zu payload bytes%s\n",
+           method_name(get32(hdr + 8) & FLAG_METHOD_MASK), next, sent,
+           trunc ? ", then close" : garbage ? ", then garbage" : "");
+    write_all(s.dfd[target], hdr, hl);
+    write_all(s.dfd[target], pay, sent);
+    if (garbage) {
+        uint8_t junk[4096];
+
+        fill_random(junk, sizeof(junk));
+        write_all(s.dfd[target], junk, garbage);
+    }
+    if (trunc) {
+        usleep(200000);
+        close(s.dfd[0]);
+        s.dfd[0] = -1;
+    }
+    src_expect_error(&s, false);
+    src_close(&s);
+    free(raw);
+    free(pay);
+    free(tmp);
     return 0;
 }
 
@@ -1509,6 +1973,9 @@ static int run_setup_case(const char *uri, const char *name)
         nch = 256;
     else if (!strcmp(name, "hello-method"))
         method = 0x20;
+    else if (!strncmp(name, "hello-method-0x", 15))
+        /* An unknown value, or a method the destination is told to refuse. */
+        method = (uint32_t)strtoul(name + 13, NULL, 16);
     else if (!strcmp(name, "hello-blocks0"))
         nb = 0, blocks = false;
     src_connect_main(&s, 1);
@@ -2278,6 +2745,69 @@ static int run_case(const char *name, const char *uri, const char *dir)
         return run_version_zero(uri);
     if (!strcmp(name, "source-killed"))
         return run_source_killed(uri);
+    /*
+     * METHOD-flip-verify: a whole compressed migration with VERIFY, ram0 as
+     * text, and one packet's payload flipped in the middle: the decoder may
+     * see the damage or not (a flip can decode to pages of the right size),
+     * but the session must fail, by the decoder or by the digests.
+     */
+    if (strstr(name, "-flip-verify")) {
+        if (!strcmp(name, "zlib-flip-verify"))
+            o.method = M_ZLIB;
+        else if (!strcmp(name, "zstd-flip-verify"))
+            o.method = M_ZSTD;
+        else if (!strcmp(name, "lz4-flip-verify"))
+            o.method = M_LZ4;
+        else
+            die("unknown case '%s' (try: hostile list)", name);
+        o.level = 1;
+        o.feat = FEAT_VERIFY;
+        o.flip = true;
+        return run_valid(uri, dir, &o);
+    }
+    if (!strncmp(name, "zlib-", 5) || !strncmp(name, "zstd-", 5) || !strncmp(name, "lz4-", 4))
+        return run_comp_case(uri, name);
+    /*
+     * valid-METHOD[-VARIANT]: a whole migration compressed by this peer's
+     * own encoders; every byte compared. Variants: big (32 MiB more, two
+     * passes, 5 channels, CRC and VERIFY: many packets per stream), nozpd
+     * (zero pages compressed as normal pages), legacy (zero pages in
+     * ZERO_PAGES records), 16k (16 KiB pages).
+     */
+    if (!strncmp(name, "valid-", 6)) {
+        static const struct {
+            const char *n;
+            uint32_t m;
+            int32_t level;
+        } vm[] = { { "zlib", M_ZLIB, 1 }, { "zstd", M_ZSTD, 3 }, { "lz4", M_LZ4, 1 } };
+
+        for (size_t i = 0; i < sizeof(vm) / sizeof(vm[0]); i++) {
+            size_t l = strlen(vm[i].n);
+            const char *v = name + 6 + l;
+
+            if (strncmp(name + 6, vm[i].n, l) || (*v && *v != '-'))
+                continue;
+            o.method = vm[i].m;
+            o.level = vm[i].level;
+            if (!strcmp(v, "-big")) {
+                o.big = true;
+                o.passes = 2;
+                o.nch = 5;
+                o.feat = FEAT_CRC | FEAT_VERIFY;
+            } else if (!strcmp(v, "-nozpd")) {
+                o.zpd = ZPD_NONE;
+            } else if (!strcmp(v, "-legacy")) {
+                o.zpd = ZPD_LEGACY;
+            } else if (!strcmp(v, "-16k")) {
+                o.ps = 16384;
+            } else if (!strcmp(v, "-pageflush") && vm[i].m != M_LZ4) {
+                g_page_flush = true;
+            } else if (*v) {
+                die("unknown case '%s' (try: hostile list)", name);
+            }
+            return run_valid(uri, dir, &o);
+        }
+    }
 
     if (!strcmp(name, "valid-multifd")) {
     } else if (!strcmp(name, "valid-legacy")) {
@@ -2367,6 +2897,110 @@ static int run_gen(const char *dir)
     return 0;
 }
 
+/*
+ * Decodes one chunk the way PROTOCOL.md 2.3 reads it, with the reference
+ * decoders: the chunk must give exactly want bytes, no more, and be used up.
+ */
+static bool selftest_decode(uint32_t m, z_stream *zi, ZSTD_DCtx *zd, const uint8_t *in,
+                            size_t n, uint8_t *out, size_t want, uint32_t ps)
+{
+    if (m == M_ZLIB) {
+        int r;
+
+        zi->next_in = (Bytef *)in;
+        zi->avail_in = (uInt)n;
+        zi->next_out = out;
+        zi->avail_out = (uInt)want + 1;
+        r = inflate(zi, Z_SYNC_FLUSH);
+        return (r == Z_OK || r == Z_BUF_ERROR) && !zi->avail_in && zi->avail_out == 1;
+    }
+    if (m == M_ZSTD) {
+        ZSTD_inBuffer ib = { in, n, 0 };
+        ZSTD_outBuffer ob = { out, want + 1, 0 };
+
+        while (ib.pos < ib.size) {
+            size_t r = ZSTD_decompressStream(zd, &ob, &ib);
+
+            if (ZSTD_isError(r) || ob.pos > want)
+                return false;
+        }
+        return ob.pos == want;
+    }
+    if (m == M_LZ4) {
+        size_t pos = 0;
+
+        for (size_t o = 0; o < want; o += ps) {
+            uint32_t c;
+
+            if (n - pos < 4)
+                return false;
+            c = get32(in + pos);
+            pos += 4;
+            if (!c || c > ps || c > n - pos)
+                return false;
+            if (c == ps)
+                memcpy(out + o, in + pos, ps);
+            else if (LZ4_decompress_safe((const char *)in + pos, (char *)out + o, (int)c,
+                                         (int)ps) != (int)ps)
+                return false;
+            pos += c;
+        }
+        return pos == n;
+    }
+    return false;
+}
+
+/* This peer's encoders against the reference decoders: three chunks per stream. */
+static void selftest_codecs(void)
+{
+    static const uint32_t ms[] = { M_ZLIB, M_ZSTD, M_LZ4 };
+    struct src *s = xcalloc(1, sizeof(*s));
+    uint8_t *raw = xcalloc(8, 4096), *chunk = xcalloc(1, PAYLOAD_CAP);
+    uint8_t *back = xcalloc(9, 4096);
+
+    s->ps = 4096;
+    s->level = 1;
+    for (size_t k = 0; k < sizeof(ms) / sizeof(ms[0]); k++) {
+        z_stream zi;
+        ZSTD_DCtx *zd = ZSTD_createDCtx();
+
+        memset(&zi, 0, sizeof(zi));
+        if (inflateInit(&zi) != Z_OK || !zd)
+            die("selftest: decoder setup");
+        for (int round = 0; round < 3; round++) {
+            size_t np = round == 2 ? 1 : 8, n;
+
+            /* Text, random and zero pages; the same text again in round 1. */
+            for (size_t i = 0; i < np; i++) {
+                uint8_t *p = raw + i * 4096;
+
+                if (i % 3 == 0)
+                    fill_text(p, 4096, (unsigned)i);
+                else if (i % 3 == 1)
+                    fill_random(p, 4096);
+                else
+                    memset(p, 0, 4096);
+            }
+            n = comp_chunk(s, 0, ms[k], raw, np * 4096, chunk, PAYLOAD_CAP, false);
+            if (!selftest_decode(ms[k], &zi, zd, chunk, n, back, np * 4096, 4096) ||
+                memcmp(back, raw, np * 4096))
+                hfail("%s: chunk %d (%zu pages, %zu bytes) does not decode to its pages",
+                      method_name(ms[k]), round, np, n);
+        }
+        inflateEnd(&zi);
+        ZSTD_freeDCtx(zd);
+    }
+    if (s->zs[0]) {
+        deflateEnd(s->zs[0]);
+        free(s->zs[0]);
+    }
+    ZSTD_freeCCtx(s->zc[0]);
+    free(s);
+    free(raw);
+    free(chunk);
+    free(back);
+}
+
 /* Checks this file's own codecs where a known answer exists. */
 static int run_selftest(void)
 {
@@ -2392,6 +3026,7 @@ static int run_selftest(void)
         hfail("packet header length %zu", hdr_len(PACKET_BYTES / 4096));
     if (XXH3_64bits("", 0) != 0x2D06800538D394C2ull)
         hfail("XXH3_64bits of empty input 0x%016" PRIx64, (uint64_t)XXH3_64bits("", 0));
+    selftest_codecs();
     printf("SELFTEST OK\n");
     return 0;
 }
@@ -2418,6 +3053,18 @@ static const char *const all_cases[] = {
     "dest-no-done", "dest-bad-preamble", "dest-version-high", "dest-garbage",
     "dest-optional-ready", "dest-optional-done", "dest-heartbeat", "dest-error-complete", "optional-heartbeat", "valid-big",
     "valid-big-legacy", "valid-big-2pass",
+    "valid-zlib", "valid-zstd", "valid-lz4", "valid-zlib-big", "valid-zstd-big", "valid-lz4-big",
+    "valid-zlib-nozpd", "valid-zstd-nozpd", "valid-lz4-nozpd", "valid-zstd-legacy",
+    "valid-lz4-16k", "zlib-flip", "zlib-flip-head", "zlib-flip-verify", "zstd-flip-head",
+    "zstd-flip-verify", "lz4-flip-head", "lz4-flip-verify", "zlib-trunc", "zlib-short", "zlib-bound", "zlib-bound-huge",
+    "zlib-bomb", "zlib-nopages", "zlib-method-other", "zlib-method-none", "zlib-finish",
+    "zstd-trunc", "zstd-short", "zstd-bound", "zstd-bound-huge", "zstd-bomb",
+    "zstd-nopages", "zstd-method-other", "zstd-method-none", "lz4-flip", "lz4-trunc",
+    "lz4-short", "lz4-bound", "lz4-bound-huge", "lz4-bomb", "lz4-nopages", "lz4-method-other",
+    "lz4-method-none", "lz4-len0", "lz4-len-big", "lz4-len-past", "lz4-len-cut", "lz4-trailing",
+    "lz4-short-page", "zlib-empty", "zstd-empty", "lz4-empty", "zlib-shared-stream",
+    "zstd-shared-stream", "valid-zlib-pageflush", "valid-zstd-pageflush", "hello-method-0x01", "hello-method-0x08", "hello-method-0x3e",
+    "hello-method-0x02", "hello-method-0x04", "hello-method-0x06", "hello-method-0x00",
 };
 
 int main(int argc, char **argv)
