@@ -43,7 +43,8 @@ static const char bench_usage[] =
     "  --prealloc                  destination populates its memory first\n"
     "  --transport T               tcp | unix (default tcp)\n"
     "  --no-refs                   skip the reference measurements\n"
-    "  -h, --help                  this text\n";
+    "  -h, --help                  this text\n"
+    "and the migration parameters of `multifd send` (below).\n";
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -75,18 +76,23 @@ static void print_machine(void)
 
 int cmd_bench(int argc, char **argv)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"size", required_argument, 0, 's'},
         {"content", required_argument, 0, 'C'},
-        {"channels", required_argument, 0, 'c'},
         {"runs", required_argument, 0, 'r'},
-        {"zero-page-detection", required_argument, 0, 'z'},
         {"prealloc", no_argument, 0, 'a'},
         {"transport", required_argument, 0, 't'},
         {"no-refs", no_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    struct option opts[64];
+    cli_options_build(own, opts, 64);
+    /* Shared migration parameters, applied to every run's session. */
+    struct {
+        const char *name, *value;
+    } set[32];
+    int nset = 0;
     uint64_t size = UINT64_C(1) << 30;
     guest_content content = GUEST_RANDOM;
     const char *content_name = "random", *zpd = "multifd", *transport = "tcp";
@@ -110,13 +116,6 @@ int cmd_bench(int argc, char **argv)
             }
             content_name = optarg;
             break;
-        case 'c':
-            channels = atoi(optarg);
-            if (channels < 1 || channels > 255) {
-                fprintf(stderr, "multifd bench: --channels must be 1..255\n");
-                return 2;
-            }
-            break;
         case 'r':
             runs = atoi(optarg);
             if (runs < 1 || runs > 1000) {
@@ -124,7 +123,6 @@ int cmd_bench(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'z': zpd = optarg; break;
         case 'a': prealloc = true; break;
         case 't':
             transport = optarg;
@@ -134,8 +132,30 @@ int cmd_bench(int argc, char **argv)
             }
             break;
         case 'n': refs = false; break;
-        case 'h': fputs(bench_usage, stdout); return 0;
-        default: fputs(bench_usage, stderr); return 2;
+        case 'h':
+            fputs(bench_usage, stdout);
+            fputs(cli_migration_usage, stdout);
+            return 0;
+        default: {
+            const char *v, *name = cli_migration_param(c, optarg, &v);
+            if (!name || nset == 32) {
+                fputs(bench_usage, stderr);
+                return 2;
+            }
+            if (!strcmp(name, "multifd-channels")) {
+                channels = atoi(v);
+                if (channels < 1 || channels > 255) {
+                    fprintf(stderr, "multifd bench: --channels must be "
+                                    "1..255\n");
+                    return 2;
+                }
+            } else if (!strcmp(name, "zero-page-detection")) {
+                zpd = v;
+            } else {
+                set[nset].name = name;
+                set[nset++].value = v;
+            }
+        }
         }
     }
     size &= ~(uint64_t)4095;
@@ -207,8 +227,11 @@ int cmd_bench(int argc, char **argv)
         char ch[16];
         snprintf(ch, sizeof(ch), "%d", channels);
         int rc = !s || mfd_set_param_by_name(s, "multifd-channels", ch) ||
-                 mfd_set_param_by_name(s, "zero-page-detection", zpd) ||
-                 mfd_add_block(s, "ram0", guest, size) ||
+                 mfd_set_param_by_name(s, "zero-page-detection", zpd);
+        for (int i = 0; !rc && i < nset; i++)
+            rc = mfd_set_param_by_name(s, set[i].name, set[i].value);
+        if (!rc)
+            rc = mfd_add_block(s, "ram0", guest, size) ||
                  mfd_migrate(s, d.uri);
         if (rc) {
             fprintf(stderr, "multifd bench: run %d: error: %s\n", r + 1,
@@ -231,10 +254,18 @@ int cmd_bench(int argc, char **argv)
                 xfer[r] = (double)size / ((double)(t ? t : 1) * 1e3);
                 printf("run %d: %.3f s, %.2f GB/s; setup %.3f s, transfer "
                        "%.2f GB/s (%" PRIu64 " normal, %" PRIu64
-                       " zero pages), verified\n",
+                       " zero pages), verified",
                        r + 1, st->total_time_us / 1e6, gbps[r],
                        st->setup_time_us / 1e6, xfer[r], st->normal_pages,
                        st->zero_pages);
+                if (st->compressed_bytes)
+                    printf("; compression ratio %.2f, %.2f s compressing",
+                           st->compression_ratio, st->compress_us / 1e6);
+                if (st->zerocopy_sends)
+                    printf("; %" PRIu64 " zero-copy sends, %" PRIu64
+                           " copied by the kernel",
+                           st->zerocopy_sends, st->zerocopy_copied);
+                printf("\n");
                 fflush(stdout);
                 free(st);
             }

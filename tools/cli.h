@@ -40,6 +40,11 @@ size_t cli_options_build(const struct option *own, struct option *out,
  * mfd_last_error), 1 when `val` is not a shared option.
  */
 int cli_migration_option(mfd_session *s, int val, const char *arg);
+/*
+ * The parameter name a shared option sets (NULL when `val` is not one),
+ * and in *value the string to set it to.
+ */
+const char *cli_migration_param(int val, const char *arg, const char **value);
 
 typedef enum { CLI_PROGRESS_HUMAN, CLI_PROGRESS_JSON } cli_progress_kind;
 /*

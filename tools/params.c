@@ -110,18 +110,24 @@ size_t cli_options_build(const struct option *own, struct option *out,
     return n;
 }
 
+const char *cli_migration_param(int val, const char *arg, const char **value)
+{
+    for (size_t i = 0; val >= OPT_BASE && val < OPT_END &&
+                       i < sizeof(shared) / sizeof(shared[0]);
+         i++)
+        if (shared[i].opt.val == val) {
+            *value = shared[i].opt.has_arg == no_argument ? "on" : arg;
+            return shared[i].param;
+        }
+    return NULL;
+}
+
 int cli_migration_option(mfd_session *s, int val, const char *arg)
 {
-    if (val < OPT_BASE || val >= OPT_END)
+    const char *value, *name = cli_migration_param(val, arg, &value);
+    if (!name)
         return 1;
-    for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++)
-        if (shared[i].opt.val == val)
-            return mfd_set_param_by_name(
-                       s, shared[i].param,
-                       shared[i].opt.has_arg == no_argument ? "on" : arg)
-                       ? -1
-                       : 0;
-    return 1;
+    return mfd_set_param_by_name(s, name, value) ? -1 : 0;
 }
 
 bool cli_progress_mode(const char *arg, int argc, char **argv,

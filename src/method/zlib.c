@@ -1,11 +1,23 @@
 /*
  * zlib.c - method zlib (PROTOCOL.md 2.3): one deflate stream (zlib wrapper)
  * per channel for the whole migration; a packet's pages are deflated in
- * order and the packet ends with a sync flush, so its payload inflates on
- * its own given the stream's history. Each page is copied before it is
- * deflated: deflate reads its input more than once, and the guest may
- * change the page meanwhile.
+ * order and the packet ends byte-aligned at a block boundary, so its
+ * payload inflates on its own given the stream's history.
+ *
+ * The source deflates with ISA-L (igzip level 1), not zlib: on this machine
+ * zlib-1 deflates random pages at 38 MB/s and text at 527 MB/s per core,
+ * igzip-1 at 395 and 3347 MB/s (docs/benchmarks.md). A page that will not
+ * compress (its sampled byte entropy above 7.2 bits) is written as a stored
+ * block instead, at memcpy speed on both ends. Between the two the stream
+ * is byte-aligned (igzip's FULL_FLUSH, which also keeps its matches from
+ * reaching back past the stored data it did not see), and the zlib header
+ * is written here: the result is an ordinary zlib stream that plain zlib
+ * inflates, as the destination does. Each page is copied before it is
+ * deflated: the guest may change it meanwhile.
  */
+#include <isa-l/igzip_lib.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,42 +27,126 @@
 #include "core/session.h"
 #include "method/method.h"
 
-/* zlib's bound, plus the stream header and one sync flush marker. */
+/*
+ * The largest payload: stored blocks (5 bytes per 64 KiB) or igzip's
+ * Huffman blocks, which may exceed the input slightly on data that only
+ * looks compressible (0.07% seen on random pages); the stream header and
+ * the flush markers.
+ */
 static uint64_t zlib_bound(uint32_t pages, uint32_t ps)
 {
-    return compressBound((uLong)pages * ps) + 64;
+    uint64_t n = (uint64_t)pages * ps;
+    return n + n / 64 + 1024;
+}
+
+/* ---- source --------------------------------------------------------------- */
+
+typedef struct {
+    struct isal_zstream s;
+    bool header_out; /* the stream's 2-byte zlib header */
+    bool pending;    /* igzip holds pages since its last flush */
+} zlib_tx;
+
+/* c * log2(c) for the byte counts of a 1024-byte sample. */
+#define SAMPLE 1024
+static float clog2c[SAMPLE + 1];
+static pthread_once_t clog2c_once = PTHREAD_ONCE_INIT;
+
+static void clog2c_init(void)
+{
+    for (int c = 1; c <= SAMPLE; c++)
+        clog2c[c] = (float)(c * log2((double)c));
+}
+
+/*
+ * Order-0 entropy of 1024 bytes sampled across the page: random data shows
+ * about 7.8 bits per byte, text 4 to 5. Above 7.2 deflate gains nothing.
+ */
+static bool incompressible(const uint8_t *p, uint32_t ps)
+{
+    uint16_t h[256] = {0};
+    uint32_t step = ps / SAMPLE;
+    for (uint32_t i = 0; i < SAMPLE; i++)
+        h[p[i * step]]++;
+    float sum = 0;
+    for (int i = 0; i < 256; i++)
+        sum += clog2c[h[i]];
+    return 10.0f - sum / SAMPLE > 7.2f; /* log2(SAMPLE) = 10 */
 }
 
 static int zlib_send_setup(mfd_send_chan *ch)
 {
     mfd_session *s = ch->s;
-    z_stream *z = calloc(1, sizeof(*z));
+    pthread_once(&clog2c_once, clog2c_init);
+    zlib_tx *z = calloc(1, sizeof(*z));
     ch->m.state = z;
     ch->m.buf_len = zlib_bound(s->ppp, (uint32_t)s->page_size);
     ch->m.buf = malloc(ch->m.buf_len);
     ch->m.page = malloc((size_t)s->page_size);
-    if (!z || !ch->m.buf || !ch->m.page)
+    if (z) {
+        isal_deflate_init(&z->s);
+        z->s.gzip_flag = IGZIP_DEFLATE; /* raw: the header is ours */
+        z->s.end_of_stream = 0;
+        /* igzip's levels 0..3; zlib's 0 means stored: every page raw. */
+        z->s.level = (uint32_t)MFD_MIN(s->zlib_level, 3);
+        z->s.level_buf_size = z->s.level ? ISAL_DEF_LVL3_DEFAULT : 0;
+        z->s.level_buf = z->s.level ? malloc(z->s.level_buf_size) : NULL;
+    }
+    if (!z || !ch->m.buf || !ch->m.page || (z->s.level && !z->s.level_buf))
         return mfd__fail(s, MFD_ENOMEM, "channel %u: zlib: out of memory",
                          ch->id);
-    int rc = deflateInit(z, (int)s->zlib_level);
-    if (rc != Z_OK) {
-        free(z);
-        ch->m.state = NULL;
-        return mfd__fail(s, MFD_ESYS, "channel %u: zlib: deflateInit: %d",
-                         ch->id, rc);
-    }
     return 0;
 }
 
 static void zlib_send_cleanup(mfd_send_chan *ch)
 {
-    if (ch->m.state)
-        deflateEnd(ch->m.state);
-    free(ch->m.state);
+    zlib_tx *z = ch->m.state;
+    if (z)
+        free(z->s.level_buf);
+    free(z);
     free(ch->m.buf);
     free(ch->m.page);
     ch->m.state = NULL;
     ch->m.buf = ch->m.page = NULL;
+}
+
+/* Runs igzip over `len` bytes (0 to flush) into [*o, end). */
+static int igzip(zlib_tx *z, uint8_t **o, uint8_t *end, uint8_t *in,
+                 uint32_t len, uint16_t flush)
+{
+    z->s.next_in = in;
+    z->s.avail_in = len;
+    z->s.flush = flush;
+    z->s.next_out = *o;
+    z->s.avail_out = (uint32_t)(end - *o);
+    do {
+        if (isal_deflate(&z->s) != COMP_OK)
+            return -1;
+        /* A flush is complete once igzip waits for a new block again. */
+    } while (z->s.avail_out &&
+             (z->s.avail_in ||
+              (flush != NO_FLUSH &&
+               z->s.internal_state.state != ZSTATE_NEW_HDR)));
+    *o = z->s.next_out;
+    return z->s.avail_in || !z->s.avail_out ? -1 : 0;
+}
+
+/* A stored block: byte-aligned header, LEN and NLEN little-endian, bytes. */
+static uint8_t *stored(uint8_t *o, const uint8_t *p, uint32_t len)
+{
+    while (len) {
+        uint32_t n = MFD_MIN(len, 65535u);
+        o[0] = 0x00; /* BFINAL 0, BTYPE 00 */
+        o[1] = (uint8_t)n;
+        o[2] = (uint8_t)(n >> 8);
+        o[3] = (uint8_t)~n;
+        o[4] = (uint8_t)(~n >> 8);
+        memcpy(o + 5, p, n);
+        o += 5 + n;
+        p += n;
+        len -= n;
+    }
+    return o;
 }
 
 static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
@@ -59,29 +155,40 @@ static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
 {
     mfd_session *s = ch->s;
     uint32_t ps = (uint32_t)s->page_size;
-    z_stream *z = ch->m.state;
+    zlib_tx *z = ch->m.state;
     uint64_t t0 = mfd__now_us();
-    z->next_out = ch->m.buf;
-    z->avail_out = (uInt)ch->m.buf_len;
-    int64_t rc = 0;
-    for (uint32_t i = 0; i < normal; i++) {
+    uint8_t *o = ch->m.buf, *end = ch->m.buf + ch->m.buf_len;
+    int rc = 0;
+    if (!z->header_out) {
+        o[0] = 0x78; /* deflate, 32 KiB window */
+        o[1] = 0x01; /* check bits: 0x7801 % 31 == 0, no dictionary */
+        o += 2;
+        z->header_out = true;
+    }
+    for (uint32_t i = 0; i < normal && !rc; i++) {
         memcpy(ch->m.page, host + off[i], ps);
-        z->next_in = ch->m.page;
-        z->avail_in = ps;
-        int flush = i + 1 < normal ? Z_NO_FLUSH : Z_SYNC_FLUSH;
-        int r = deflate(z, flush);
-        /* All input taken and, at the flush, all output out. */
-        if ((r != Z_OK && r != Z_BUF_ERROR) || z->avail_in ||
-            (flush == Z_SYNC_FLUSH && !z->avail_out)) {
-            rc = mfd__fail(s, MFD_ESYS,
-                           "channel %u: zlib: deflate %d (output %s)", ch->id,
-                           r, z->avail_out ? "ok" : "exceeds its bound");
-            break;
+        if (!z->s.level || incompressible(ch->m.page, ps)) {
+            if (z->pending && !(rc = igzip(z, &o, end, NULL, 0, FULL_FLUSH)))
+                z->pending = false;
+            if (!rc && (uint64_t)(end - o) < ps + 5 * (ps / 65535 + 1))
+                rc = -1;
+            if (!rc)
+                o = stored(o, ch->m.page, ps);
+        } else {
+            rc = igzip(z, &o, end, ch->m.page, ps, NO_FLUSH);
+            z->pending = true;
         }
     }
-    int64_t n = rc < 0 ? -1 : (int64_t)(ch->m.buf_len - z->avail_out);
-    return mfd__method_sent_buf(ch, normal, n, t0, len);
+    if (!rc && z->pending && !(rc = igzip(z, &o, end, NULL, 0, FULL_FLUSH)))
+        z->pending = false;
+    if (rc)
+        mfd__fail(s, MFD_ESYS, "channel %u: zlib: deflate failed (output "
+                  "beyond its bound?)", ch->id);
+    return mfd__method_sent_buf(ch, normal, rc ? -1 : (int64_t)(o - ch->m.buf),
+                                t0, len);
 }
+
+/* ---- destination: plain zlib ------------------------------------------- */
 
 static int zlib_recv_setup(mfd_recv_chan *ch)
 {

@@ -1324,9 +1324,10 @@ static uint32_t zstd_header_size(const uint8_t *p)
 
 /*
  * A fresh decoder fed a later packet of a stream: no stream header (zlib:
- * header check; zstd: frame magic); with the header of packet 0 put in
- * front, it lacks the history packet 1 refers to. Both fail cleanly. lz4
- * packets stand alone and decode anywhere.
+ * header check; zstd: frame magic) fails cleanly. With the header of packet
+ * 0 put in front, zstd lacks the history packet 1 refers to and fails
+ * cleanly; zlib packets end with a full flush and decode. lz4 packets stand
+ * alone and decode anywhere.
  */
 static void check_later_packet(const mfd_method_ops *ops)
 {
@@ -1356,9 +1357,18 @@ static void check_later_packet(const mfd_method_ops *ops)
     fresh_decoder(&m.r);
     rc = decode_checked(&m.r, cat, h + b->len, pkt_out(&m.r, b), b->raw, NULL,
                         err, sizeof(err));
-    assert_int_equal(rc, -1);
-    print_message("  %s, header + packet 1 without packet 0: %s\n", ops->name,
-                  err);
+    if (ops == &mfd__method_zlib) {
+        /*
+         * The zlib source ends every packet with a full flush (its matches
+         * never reach back past a packet), so behind the stream header a
+         * later packet decodes alone.
+         */
+        assert_int_equal(rc, 0);
+    } else {
+        assert_int_equal(rc, -1);
+        print_message("  %s, header + packet 1 without packet 0: %s\n",
+                      ops->name, err);
+    }
     free(cat);
     material_free(&m);
 }
