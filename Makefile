@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods install clean
 
 all: build
 
@@ -50,6 +50,10 @@ bench: build
 # Live pre-copy: downtime and total time against dirty rate and channels.
 bench-live: build
 	bash bench/live.sh $(BUILD)/tools/multifd
+
+# Compression methods and zero-copy: GB/s and ratio per content and channels.
+bench-methods: build
+	bash bench/methods.sh $(BUILD)/tools/multifd
 
 install: build
 	cmake --install $(BUILD)
