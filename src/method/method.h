@@ -30,6 +30,7 @@ typedef struct mfd_method_chan {
     uint8_t *page;  /* zlib source: the page being deflated, copied */
     int level;      /* source: level or acceleration */
     uint32_t page_size;
+    bool started;   /* zlib destination: the stream header was read */
 } mfd_method_chan;
 
 typedef struct mfd_method_ops {

@@ -209,8 +209,10 @@ static void rig_fini(rig *r)
  */
 static void fresh_decoder(rig *r)
 {
-    if (r->ops == &mfd__method_zlib)
+    if (r->ops == &mfd__method_zlib) {
         assert_int_equal(inflateReset(r->rc->m.state), Z_OK);
+        r->rc->m.started = false; /* the next packet brings the header */
+    }
     else if (r->ops == &mfd__method_zstd)
         assert_false(ZSTD_isError(
             ZSTD_DCtx_reset(r->rc->m.state, ZSTD_reset_session_only)));
@@ -697,6 +699,7 @@ static void decoder_at(material *m, int t)
     if (t == 1 && m->after0) {
         assert_int_equal(inflateEnd(m->r.rc->m.state), Z_OK);
         assert_int_equal(inflateCopy(m->r.rc->m.state, m->after0), Z_OK);
+        m->r.rc->m.started = true; /* packet 0 carried the stream header */
         return;
     }
     for (int i = 0; i < t; i++)
