@@ -55,11 +55,14 @@ static int lz4_send_prepare(mfd_send_chan *ch, uint8_t *host,
         /*
          * Pages are independent: a fast reset (not the 16 KiB memset of
          * LZ4_compress_fast_extState, 4x the page) drops the history.
-         * Anything that does not shrink is stored raw.
+         * Pages that look random, or do not shrink, are stored raw.
          */
-        LZ4_resetStream_fast(ch->m.state);
-        int c = LZ4_compress_fast_continue(ch->m.state, page, (char *)o + 4,
+        int c = 0;
+        if (!mfd__page_incompressible((const uint8_t *)page, ps)) {
+            LZ4_resetStream_fast(ch->m.state);
+            c = LZ4_compress_fast_continue(ch->m.state, page, (char *)o + 4,
                                            (int)ps, (int)ps - 1, ch->m.level);
+        }
         if (c <= 0) {
             memcpy(o + 4, page, ps);
             c = (int)ps;

@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,6 +147,35 @@ const mfd_method_ops mfd__method_none = {
 };
 
 /* ---- shared by the compressing methods --------------------------------- */
+
+/* c * log2(c) for the byte counts of a 1024-byte sample. */
+#define SAMPLE 1024
+static float clog2c[SAMPLE + 1];
+static pthread_once_t clog2c_once = PTHREAD_ONCE_INIT;
+
+static void clog2c_init(void)
+{
+    for (int c = 1; c <= SAMPLE; c++)
+        clog2c[c] = (float)(c * log2((double)c));
+}
+
+/*
+ * Order-0 entropy of 1024 bytes sampled across the page: random data shows
+ * about 7.8 bits per byte, text 4 to 5. Above 7.2 deflate gains nothing.
+ */
+bool mfd__page_incompressible(const uint8_t *p, uint32_t ps)
+{
+    pthread_once(&clog2c_once, clog2c_init);
+    uint16_t h[256] = {0};
+    uint32_t step = ps / SAMPLE;
+    for (uint32_t i = 0; i < SAMPLE; i++)
+        h[p[i * step]]++;
+    float sum = 0;
+    for (int i = 0; i < 256; i++)
+        sum += clog2c[h[i]];
+    return 10.0f - sum / SAMPLE > 7.2f; /* log2(SAMPLE) = 10 */
+}
+
 
 int mfd__method_sent_buf(mfd_send_chan *ch, uint32_t normal, int64_t len,
                          uint64_t t0, uint32_t *out_len)

@@ -16,8 +16,6 @@
  * deflated: the guest may change it meanwhile.
  */
 #include <isa-l/igzip_lib.h>
-#include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,37 +46,9 @@ typedef struct {
     bool store_all;  /* multifd-zlib-level 0: no compression */
 } zlib_tx;
 
-/* c * log2(c) for the byte counts of a 1024-byte sample. */
-#define SAMPLE 1024
-static float clog2c[SAMPLE + 1];
-static pthread_once_t clog2c_once = PTHREAD_ONCE_INIT;
-
-static void clog2c_init(void)
-{
-    for (int c = 1; c <= SAMPLE; c++)
-        clog2c[c] = (float)(c * log2((double)c));
-}
-
-/*
- * Order-0 entropy of 1024 bytes sampled across the page: random data shows
- * about 7.8 bits per byte, text 4 to 5. Above 7.2 deflate gains nothing.
- */
-static bool incompressible(const uint8_t *p, uint32_t ps)
-{
-    uint16_t h[256] = {0};
-    uint32_t step = ps / SAMPLE;
-    for (uint32_t i = 0; i < SAMPLE; i++)
-        h[p[i * step]]++;
-    float sum = 0;
-    for (int i = 0; i < 256; i++)
-        sum += clog2c[h[i]];
-    return 10.0f - sum / SAMPLE > 7.2f; /* log2(SAMPLE) = 10 */
-}
-
 static int zlib_send_setup(mfd_send_chan *ch)
 {
     mfd_session *s = ch->s;
-    pthread_once(&clog2c_once, clog2c_init);
     zlib_tx *z = calloc(1, sizeof(*z));
     ch->m.state = z;
     ch->m.buf_len = zlib_bound(s->ppp, (uint32_t)s->page_size);
@@ -176,7 +146,7 @@ static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
     }
     for (uint32_t i = 0; i < normal && !rc; i++) {
         memcpy(ch->m.page, host + off[i], ps);
-        if (z->store_all || incompressible(ch->m.page, ps)) {
+        if (z->store_all || mfd__page_incompressible(ch->m.page, ps)) {
             if (z->pending && !(rc = igzip(z, &o, end, NULL, 0, FULL_FLUSH)))
                 z->pending = false;
             if (!rc && (uint64_t)(end - o) < ps + 5 * (ps / 65535 + 1))
