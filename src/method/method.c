@@ -159,10 +159,7 @@ static void clog2c_init(void)
         clog2c[c] = (float)(c * log2((double)c));
 }
 
-/*
- * Order-0 entropy of 1024 bytes sampled across the page: random data shows
- * about 7.8 bits per byte, text 4 to 5. Above 7.2 deflate gains nothing.
- */
+/* See method.h. Above 7.2 bits per byte neither deflate nor LZ4 gains. */
 bool mfd__page_incompressible(const uint8_t *p, uint32_t ps)
 {
     pthread_once(&clog2c_once, clog2c_init);
@@ -175,7 +172,6 @@ bool mfd__page_incompressible(const uint8_t *p, uint32_t ps)
         sum += clog2c[h[i]];
     return 10.0f - sum / SAMPLE > 7.2f; /* log2(SAMPLE) = 10 */
 }
-
 
 int mfd__method_sent_buf(mfd_send_chan *ch, uint32_t normal, int64_t len,
                          uint64_t t0, uint32_t *out_len)
