@@ -300,7 +300,7 @@ static void writers_resume(void *opaque)
 {
     writers *w = opaque;
     pthread_mutex_lock(&w->lock);
-    w->pause = false;
+    __atomic_store_n(&w->pause, false, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }
@@ -594,7 +594,7 @@ int cmd_demo(int argc, char **argv)
     }
     int vrc = d.pid ? dest_child_finish(&d, digests, 2, err, sizeof(err)) : 0;
     pthread_mutex_lock(&w.lock);
-    w.stop = true;
+    __atomic_store_n(&w.stop, true, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&w.cond);
     pthread_mutex_unlock(&w.lock);
     for (int i = 0; i < started; i++)
