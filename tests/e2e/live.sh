@@ -126,6 +126,19 @@ fi
 
 # ---- failure mid-pass ------------------------------------------------------
 
+# mid_pass TAG: waits (up to 60 s) until the demo's first pass runs: it
+# announced the migration and sent for a second. A slow build may take
+# longer than that to make its guest; a failure before the migration (a
+# refused connection) would prove nothing.
+mid_pass() {
+    local out=$E2E_TMP/$1.out i
+    for i in $(seq 1 600); do
+        grep -q 'live migration over' "$out" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 1
+}
+
 # check_failed_source TAG: the demo's stderr after a failure.
 check_failed_source() {
     local tag=$1 err=$E2E_TMP/$1.err
@@ -138,6 +151,11 @@ check_failed_source() {
     fi
     if ! grep -q 'writers resumed after the failure' "$err"; then
         fail "$tag" "writers not resumed"
+        show_file "$err"
+        return 1
+    fi
+    if grep -q 'demo: error: connect to' "$err"; then
+        fail "$tag" "failed before the migration ran (connect)"
         show_file "$err"
         return 1
     fi
@@ -177,7 +195,7 @@ if start_recv "$tag.recv" --listen tcp:127.0.0.1:0 --into anon:; then
         --size 256M --writers 1 --dirty-rate 32M --channels 2 \
         --max-bandwidth 40M
     spid=$BG_PID
-    sleep 1.5
+    mid_pass "$tag"
     kill -KILL "$RECV_CHILD" 2>/dev/null
     t0=$(now_ms)
     bg_wait "$spid" 10
@@ -236,7 +254,7 @@ else
             --size 256M --writers 1 --dirty-rate 32M --channels 2 \
             --max-bandwidth 40M --network-timeout 3000
         spid=$BG_PID
-        sleep 1.5
+        mid_pass "$tag"
         ip link set "$VA" down
         t0=$(now_ms)
         bg_wait "$spid" 20
