@@ -362,6 +362,10 @@ static const char recv_usage[] =
     "                      free space\n"
     "  --network-timeout MS  fail when the source stops acknowledging for that\n"
     "                      long (default 10000; 0: the kernel's minutes)\n"
+    "  --block NAME=SIZE   (with --into anon:, repeatable) the destination's\n"
+    "                      memory exists before the source connects, as a\n"
+    "                      VMM's guest RAM (populated now with --prealloc);\n"
+    "                      the source must offer exactly these blocks\n"
     "  --accept-compression LIST  methods a source may use, e.g. none,zstd\n"
     "                      (default: all built in: none,zlib,zstd,lz4)\n"
     "  --uri-file F        write the resolved listen URI to F once listening\n"
@@ -384,6 +388,24 @@ static int write_uri_file(const char *path, const char *uri)
     return 0;
 }
 
+/* recv --block memory: freed at exit, after the session that uses it. */
+static struct {
+    void **maps;
+    uint64_t *lens;
+    int n;
+} recv_blocks;
+
+static void recv_blocks_free(void)
+{
+    for (int i = 0; recv_blocks.maps && i < recv_blocks.n; i++)
+        if (recv_blocks.maps[i])
+            munmap(recv_blocks.maps[i], recv_blocks.lens[i]);
+    free(recv_blocks.maps);
+    free(recv_blocks.lens);
+    recv_blocks.maps = NULL;
+    recv_blocks.lens = NULL;
+}
+
 static int cmd_recv(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -393,6 +415,7 @@ static int cmd_recv(int argc, char **argv)
         {"max-total-size", required_argument, 0, 'm'},
         {"network-timeout", required_argument, 0, 'n'},
         {"accept-compression", required_argument, 0, 'C'},
+        {"block", required_argument, 0, 'b'},
         {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
         {"progress", no_argument, 0, 'P'},
@@ -414,6 +437,12 @@ static int cmd_recv(int argc, char **argv)
         case 'm': max = optarg; break;
         case 'n': net_timeout = optarg; break;
         case 'C': accept = optarg; break;
+        case 'b':
+            if (!strchr(optarg, '=') || optarg[0] == '=') {
+                usage_error("recv", recv_usage, "--block wants NAME=SIZE");
+                return 2;
+            }
+            break;
         case 'f':
             if (!strchr(optarg, '=') || optarg[0] == '=') {
                 usage_error("recv", recv_usage, "--file wants NAME=PATH");
@@ -436,13 +465,24 @@ static int cmd_recv(int argc, char **argv)
         return 2;
     }
     bool anon = !strcmp(into, "anon:");
-    /* --file NAME=PATH options, applied once the session exists. */
+    /* --file and --block options, applied once the session exists. */
     char **files = calloc((size_t)argc, sizeof(char *));
-    int nfiles = 0;
+    char **blocks = calloc((size_t)argc, sizeof(char *));
+    int nfiles = 0, nblocks = 0;
     optind = 1;
-    while (files && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+    while (files && blocks &&
+           (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'f')
             files[nfiles++] = optarg;
+        if (c == 'b')
+            blocks[nblocks++] = optarg;
+    }
+    if (nblocks && !anon) {
+        free(files);
+        free(blocks);
+        usage_error("recv", recv_usage, "--block needs --into anon:");
+        return 2;
+    }
     if (!anon) {
         struct stat st;
         if (stat(into, &st) || !S_ISDIR(st.st_mode)) {
@@ -471,6 +511,45 @@ static int cmd_recv(int argc, char **argv)
         }
     }
     free(files);
+    /*
+     * --block: the destination's memory exists before the source connects,
+     * as a VMM's guest RAM does (and with --prealloc it is populated now,
+     * outside the migration, as QEMU's prealloc=on).
+     */
+    void **maps = calloc((size_t)nblocks + 1, sizeof(void *));
+    uint64_t *lens = calloc((size_t)nblocks + 1, sizeof(uint64_t));
+    recv_blocks.maps = maps;
+    recv_blocks.lens = lens;
+    recv_blocks.n = nblocks;
+    atexit(recv_blocks_free);
+    for (int i = 0; i < nblocks && !rc && maps && lens; i++) {
+        char *eq = strchr(blocks[i], '=');
+        *eq = 0;
+        if (!cli_parse_size(eq + 1, &lens[i]) || !lens[i]) {
+            snprintf(msg, sizeof(msg), "--block %s: bad size '%s'", blocks[i],
+                     eq + 1);
+            rc = fail_line("recv", msg);
+        } else {
+            maps[i] = mmap(NULL, lens[i], PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                               (prealloc ? MAP_POPULATE : 0),
+                           -1, 0);
+            if (maps[i] == MAP_FAILED) {
+                maps[i] = NULL;
+                snprintf(msg, sizeof(msg), "--block %s: mmap: %s", blocks[i],
+                         strerror(errno));
+                rc = fail_line("recv", msg);
+            } else if (mfd_add_block(s, blocks[i], maps[i], lens[i])) {
+                rc = fail_line("recv", mfd_last_error(s));
+            }
+        }
+        *eq = '=';
+    }
+    free(blocks);
+    if (rc || !maps || !lens) {
+        mfd_session_free(s);
+        return rc ? rc : fail_line("recv", "out of memory");
+    }
     if ((!anon && mfd_set_incoming_dir(s, into)) ||
         (prealloc && mfd_set_param(s, MFD_PARAM_PREALLOC, 1)) ||
         (max && mfd_set_param_by_name(s, "max-total-size", max)) ||
