@@ -316,8 +316,16 @@ MFD_API int mfd_cancel(mfd_session *s)
 {
     if (!s)
         return -MFD_EINVAL;
-    /* A finished migration stays finished. */
+    /*
+     * A finished migration stays finished, and so does one whose DONE
+     * arrived: the destination owns the memory from then on.
+     */
     if (MFD_STAT_GET(s->status) == 3)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    bool done = s->done_received;
+    pthread_mutex_unlock(&s->lock);
+    if (done)
         return 0;
     mfd__fail(s, MFD_ECANCELED, "migration cancelled");
     return 0;

@@ -320,6 +320,21 @@ static int queue_batch(mfd_session *s)
     return -1;
 }
 
+/*
+ * A main-channel record could not be written. A peer that closed the
+ * connection may have said why first (its ERROR, read by the return path
+ * or at setup): report that as a closed connection so the reason can
+ * replace it, and a TCP user timeout as a timeout.
+ */
+static int main_write_failed(mfd_session *s, const char *what)
+{
+    int e = errno;
+    int code = e == EPIPE || e == ECONNRESET ? MFD_ECLOSED
+               : e == ETIMEDOUT              ? MFD_ETIMEDOUT
+                                             : MFD_ESYS;
+    return mfd__fail(s, code, "main channel: %s: %s", what, strerror(e));
+}
+
 /* Ends a pass: SYNC on every channel, then ITERATION_END on main. */
 static int sync_channels(mfd_session *s, uint64_t iteration)
 {
@@ -339,8 +354,7 @@ static int sync_channels(mfd_session *s, uint64_t iteration)
     uint8_t body[8];
     mfd__put_be64(body, iteration);
     if (mfd__send_record(s, MFD_REC_ITERATION_END, body, 8) != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: ITERATION_END: %s",
-                         strerror(errno));
+        return main_write_failed(s, "ITERATION_END");
     MFD_STAT_ADD(s->iterations, 1);
     return 0;
 }
@@ -359,8 +373,7 @@ static int legacy_flush(mfd_session *s, legacy_zero_buf *z)
     mfd__put_be32(z->body + 4, z->count);
     if (mfd__send_record(s, MFD_REC_ZERO_PAGES, z->body, 8 + 8 * z->count) !=
         MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: ZERO_PAGES: %s",
-                         strerror(errno));
+        return main_write_failed(s, "ZERO_PAGES");
     MFD_STAT_ADD(s->legacy_zero_pages, z->count);
     z->count = 0;
     return 0;
@@ -577,12 +590,14 @@ static int end_pass(mfd_session *s, meter *m, uint64_t pass, bool final,
     p->bytes = channel_bytes(s, NULL) - m->pass_b0;
     p->time_us = now - m->pass_t0;
     if (m->win_us)
-        MFD_STAT_SET(s->bandwidth_bps, m->win_bytes * 1000000 / m->win_us);
+        MFD_STAT_SET(s->bandwidth_bps,
+                     (uint64_t)((unsigned __int128)m->win_bytes * 1000000 /
+                                m->win_us));
     /* A pass of zero pages alone says nothing of the data rate. */
     if (m->win_us && m->win_pages)
-        MFD_STAT_SET(s->memory_rate_bps, m->win_pages *
-                                             (uint64_t)s->page_size *
-                                             1000000 / m->win_us);
+        MFD_STAT_SET(s->memory_rate_bps,
+                     (uint64_t)((unsigned __int128)m->win_pages *
+                                (uint64_t)s->page_size * 1000000 / m->win_us));
     p->bandwidth_bps = MFD_STAT_GET(s->bandwidth_bps);
     p->memory_rate_bps = MFD_STAT_GET(s->memory_rate_bps);
     p->throttle_pct = MFD_STAT_GET(s->throttle_pct);
@@ -650,11 +665,14 @@ static int precopy(mfd_session *s)
         MFD_STAT_ADD(s->dirty_sync_count, 1);
         MFD_STAT_SET(s->dirty_pages, dirty);
         p.dirty_pages = dirty;
-        p.dirty_rate_bps = dirty * ps * 1000000 / MFD_MAX(now - last_sync, 1);
+        unsigned __int128 dirty_bytes = (unsigned __int128)dirty * ps;
+        p.dirty_rate_bps =
+            (uint64_t)(dirty_bytes * 1000000 / MFD_MAX(now - last_sync, 1));
         last_sync = now;
         p.expected_downtime_ms =
-            p.memory_rate_bps ? dirty * ps * 1000 / p.memory_rate_bps
-                              : (dirty ? UINT64_MAX : 0);
+            p.memory_rate_bps
+                ? (uint64_t)(dirty_bytes * 1000 / p.memory_rate_bps)
+                : (dirty ? UINT64_MAX : 0);
         MFD_STAT_SET(s->dirty_rate_bps, p.dirty_rate_bps);
         MFD_STAT_SET(s->expected_downtime_ms, p.expected_downtime_ms);
         if (s->live.progress)
@@ -796,8 +814,7 @@ static int handshake(mfd_session *s, const mfd_uri *u)
     uint8_t hb[MFD_HELLO_LEN];
     mfd__hello_encode(hb, &h);
     if (mfd__send_record(s, MFD_REC_HELLO, hb, sizeof(hb)) != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: HELLO: %s",
-                         strerror(errno));
+        return main_write_failed(s, "HELLO");
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
         uint8_t bb[16 + MFD_BLOCK_NAME_MAX];
@@ -807,12 +824,10 @@ static int handshake(mfd_session *s, const mfd_uri *u)
         memcpy(bb + 16, b->name, b->name_len);
         if (mfd__send_record(s, MFD_REC_BLOCK, bb, 16 + b->name_len) !=
             MFD_IO_OK)
-            return mfd__fail(s, MFD_ESYS, "main channel: BLOCK: %s",
-                             strerror(errno));
+            return main_write_failed(s, "BLOCK");
     }
     if (mfd__send_record(s, MFD_REC_SETUP_END, NULL, 0) != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: SETUP_END: %s",
-                         strerror(errno));
+        return main_write_failed(s, "SETUP_END");
 
     /* Mapping (and preallocating) the blocks may take a while: no limit. */
     uint8_t *body;
@@ -999,8 +1014,7 @@ static int send_completion(mfd_session *s)
         if (mfd__send_record(s, MFD_REC_DEVICE_STATE, chunk, 4 + n) !=
             MFD_IO_OK) {
             free(chunk);
-            return mfd__fail(s, MFD_ESYS, "main channel: DEVICE_STATE: %s",
-                             strerror(errno));
+            return main_write_failed(s, "DEVICE_STATE");
         }
         sent += n;
         left -= n;
@@ -1018,8 +1032,7 @@ static int send_completion(mfd_session *s)
                                   8 * (uint32_t)s->nblocks);
         free(d);
         if (rc != MFD_IO_OK)
-            return mfd__fail(s, MFD_ESYS, "main channel: DIGESTS: %s",
-                             strerror(errno));
+            return main_write_failed(s, "DIGESTS");
     }
 
     mfd_stats *st = malloc(sizeof(*st));
@@ -1036,8 +1049,7 @@ static int send_completion(mfd_session *s)
     s->complete_sent = true;
     pthread_mutex_unlock(&s->lock);
     if (mfd__send_record(s, MFD_REC_COMPLETE, c, 24) != MFD_IO_OK)
-        return mfd__fail(s, MFD_ESYS, "main channel: COMPLETE: %s",
-                         strerror(errno));
+        return main_write_failed(s, "COMPLETE");
 
     pthread_mutex_lock(&s->lock);
     while (!s->done_received && !mfd__failed(s))
@@ -1198,7 +1210,15 @@ int mfd__migrate(mfd_session *s, const char *uri)
     if (!rc)
         rc = send_completion(s);
 
-    bool ok = !rc && !mfd__failed(s);
+    /*
+     * DONE means the destination owns the memory now: whatever fails
+     * afterwards (a late mfd_cancel, a close while tearing down) must not
+     * resume the writers, or both sides would run the guest.
+     */
+    pthread_mutex_lock(&s->lock);
+    bool done = s->done_received;
+    pthread_mutex_unlock(&s->lock);
+    bool ok = done || (!rc && !mfd__failed(s));
     if (!ok) {
         mfd__send_error_record(s);
         wait_for_reason(s);
