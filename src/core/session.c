@@ -739,8 +739,15 @@ int mfd__recv_record_ex(mfd_session *s, bool wake, int timeout_ms,
     uint8_t *b = NULL;
     if (padded) {
         if (!(b = malloc(padded))) {
+            /*
+             * -MFD_ENOMEM would read as MFD_IO_TIMEOUT (both -2): fail the
+             * session here (the first error wins) and report an I/O error.
+             */
             snprintf(err, errlen, "out of memory");
-            return -MFD_ENOMEM;
+            mfd__fail(s, MFD_ENOMEM, "main channel: out of memory for a "
+                      "%u-byte record", l);
+            errno = ENOMEM;
+            return MFD_IO_ERROR;
         }
         int left = timeout_ms;
         if (timeout_ms >= 0) {

@@ -290,7 +290,9 @@ int mfd__send_record(struct mfd_session *s, uint32_t type, const void *body,
 /*
  * Reads one main-channel record. The body is malloc'ed into *body (NULL if
  * empty), at most MFD_RECORD_MAX bytes; *len its length. Returns MFD_IO_*
- * results, or -MFD_EPROTO for an oversize length (message in err).
+ * results, or -MFD_EPROTO for an oversize length (message in err). Out of
+ * memory for the body fails the session with MFD_ENOMEM and returns
+ * MFD_IO_ERROR.
  */
 int mfd__recv_record(struct mfd_session *s, int timeout_ms, uint32_t *type,
                      uint8_t **body, uint32_t *len, char *err, size_t errlen);
