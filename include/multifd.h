@@ -171,8 +171,9 @@ typedef enum {
      * "handshake-timeout": milliseconds within which a connection must send
      * its whole preamble or channel init, and a destination the whole of
      * each setup record (HELLO, BLOCK, SETUP_END); a source waits that long
-     * for the preamble answer. READY is awaited without limit (mapping or
-     * preallocating large memory takes time); mfd_cancel() ends any wait.
+     * for the preamble answer, and at most that long for each connect.
+     * READY is awaited without limit (mapping or preallocating large memory
+     * takes time); mfd_cancel() ends any wait.
      * Default 10000.
      */
     MFD_PARAM_HANDSHAKE_TIMEOUT = 107,

@@ -763,9 +763,11 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
 static int handshake(mfd_session *s, const mfd_uri *u)
 {
     char err[512];
-    s->main_fd = mfd__sock_connect(u, err, sizeof(err));
+    s->main_fd = mfd__sock_connect(u, s->wake_fd, (int)s->handshake_timeout,
+                                   err, sizeof(err));
     if (s->main_fd < 0)
-        return mfd__fail(s, MFD_ESYS, "%s", err);
+        return mfd__fail(s, errno == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_ESYS,
+                         "%s", err);
     mfd__sock_set_timeout(s->main_fd, (int)s->network_timeout);
 
     uint8_t pre[MFD_PREAMBLE_LEN];
@@ -889,9 +891,11 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         if (s->mops->send_setup(ch))
             return -1;
-        int fd = mfd__sock_connect(u, err, sizeof(err));
+        int fd = mfd__sock_connect(u, s->wake_fd, (int)s->handshake_timeout,
+                                   err, sizeof(err));
         if (fd < 0)
-            return mfd__fail(s, MFD_ESYS, "channel %u: %s", i, err);
+            return mfd__fail(s, errno == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_ESYS,
+                             "channel %u: %s", i, err);
         mfd__sock_set_timeout(fd, (int)s->network_timeout);
         mfd__set_chan_fd(s, &ch->fd, fd);
         if (s->zero_copy_send && mfd__zc_enable(fd))

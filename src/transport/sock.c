@@ -23,9 +23,12 @@
 
 #define MFD_IOV_BATCH(n) ((n) < IOV_MAX ? (n) : IOV_MAX)
 
+/* Writes the message, keeping errno for the caller. */
 #define URI_FAIL(...)                                                          \
     do {                                                                       \
+        int uri_fail_errno = errno;                                            \
         snprintf(err, errlen, __VA_ARGS__);                                    \
+        errno = uri_fail_errno;                                                \
         return -1;                                                             \
     } while (0)
 
@@ -110,7 +113,46 @@ void mfd__sock_set_timeout(int fd, int timeout_ms)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
-int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen)
+/*
+ * connect() that gives up after timeout_ms (< 0: never) or as soon as
+ * wake_fd turns readable (errno ECANCELED): a destination whose address
+ * swallows SYNs must not hold mfd_migrate() for minutes past a cancel.
+ */
+static int connect_wait(int fd, const struct sockaddr *sa, socklen_t len,
+                        int wake_fd, int timeout_ms)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -1;
+    int rc = connect(fd, sa, len);
+    if (rc < 0 && errno == EINPROGRESS) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLOUT},
+                              {.fd = wake_fd, .events = POLLIN}};
+        int n;
+        do
+            n = poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
+        while (n < 0 && errno == EINTR);
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        if (n == 0) {
+            errno = ETIMEDOUT;
+        } else if (n > 0 && wake_fd >= 0 && (p[1].revents & POLLIN)) {
+            errno = ECANCELED;
+        } else if (n > 0 &&
+                   getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0) {
+            rc = soerr ? -1 : 0;
+            errno = soerr;
+        }
+    }
+    int e = errno;
+    if (fcntl(fd, F_SETFL, fl) < 0 && rc == 0)
+        return -1;
+    errno = e;
+    return rc;
+}
+
+int mfd__sock_connect(const mfd_uri *u, int wake_fd, int timeout_ms,
+                      char *err, size_t errlen)
 {
     if (u->kind == MFD_URI_UNIX) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -118,9 +160,11 @@ int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen)
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
             URI_FAIL("socket: %s", strerror(errno));
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (connect_wait(fd, (struct sockaddr *)&sa, sizeof(sa), wake_fd,
+                         timeout_ms) < 0) {
             int e = errno;
             close(fd);
+            errno = e;
             URI_FAIL("connect to unix:%s: %s", u->path, strerror(e));
         }
         return fd;
@@ -138,15 +182,19 @@ int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen)
             e = errno;
             continue;
         }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        if (connect_wait(fd, ai->ai_addr, ai->ai_addrlen, wake_fd,
+                         timeout_ms) == 0) {
             sock_tune(fd, ai->ai_family);
             break;
         }
         e = errno;
         close(fd);
         fd = -1;
+        if (e == ECANCELED)
+            break;
     }
     freeaddrinfo(res);
+    errno = e;
     if (fd < 0)
         URI_FAIL("connect to tcp:%s:%s: %s", u->host, u->port, strerror(e));
     return fd;

@@ -24,10 +24,12 @@ typedef struct {
 int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen);
 
 /*
- * Connects to `u` (TCP_NODELAY on TCP). Returns the fd, or -1 with a message
- * in err.
+ * Connects to `u` (TCP_NODELAY on TCP), giving up after timeout_ms (< 0:
+ * never; errno ETIMEDOUT) or once wake_fd (an eventfd, -1: none) is
+ * readable (errno ECANCELED). Returns the fd, or -1 with a message in err.
  */
-int mfd__sock_connect(const mfd_uri *u, char *err, size_t errlen);
+int mfd__sock_connect(const mfd_uri *u, int wake_fd, int timeout_ms,
+                      char *err, size_t errlen);
 
 /*
  * Binds and listens on `u`. Writes the resolved URI (ephemeral port filled
