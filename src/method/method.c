@@ -15,15 +15,28 @@
 #include "core/session.h"
 #include "transport/transport.h"
 
-const mfd_method_ops *mfd__method_find(uint32_t wire)
+/* Indexed by MFD_COMPRESSION_* (the public parameter's values). */
+static const mfd_method_ops *const all[] = {
+    &mfd__method_none, &mfd__method_zlib, &mfd__method_zstd,
+    &mfd__method_lz4};
+
+int mfd__method_index(uint32_t wire)
 {
-    static const mfd_method_ops *const all[] = {
-        &mfd__method_none, &mfd__method_zlib, &mfd__method_zstd,
-        &mfd__method_lz4};
     for (size_t i = 0; i < MFD_ARRAY_SIZE(all); i++)
         if (all[i]->wire == wire)
-            return all[i];
-    return NULL;
+            return (int)i;
+    return -1;
+}
+
+const mfd_method_ops *mfd__method_find(uint32_t wire)
+{
+    int i = mfd__method_index(wire);
+    return i < 0 ? NULL : all[i];
+}
+
+const mfd_method_ops *mfd__method_of(int compression)
+{
+    return all[compression];
 }
 
 const char *mfd__method_name(uint32_t wire)

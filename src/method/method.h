@@ -79,6 +79,10 @@ typedef struct mfd_method_ops {
 
 /* The method with wire value `wire` built into this library, or NULL. */
 const mfd_method_ops *mfd__method_find(uint32_t wire);
+/* Its MFD_COMPRESSION_* value, or -1. */
+int mfd__method_index(uint32_t wire);
+/* The method of an MFD_COMPRESSION_* value (0..3). */
+const mfd_method_ops *mfd__method_of(int compression);
 /* Name of a wire value ("zstd"), whether built in or not. */
 const char *mfd__method_name(uint32_t wire);
 

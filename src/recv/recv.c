@@ -638,23 +638,18 @@ static int read_setup(mfd_session *s)
     free(body);
     if (!ok)
         return mfd__fail(s, MFD_EPROTO, "main channel: %s", err);
-    static const uint32_t wire[] = {MFD_METHOD_NONE, MFD_METHOD_ZLIB,
-                                    MFD_METHOD_ZSTD, MFD_METHOD_LZ4};
-    int allowed = -1;
-    for (int i = 0; i < (int)MFD_ARRAY_SIZE(wire); i++)
-        if (wire[i] == h.method)
-            allowed = (s->accept_compression >> i) & 1;
-    if (allowed < 0 || !mfd__method_find(h.method))
+    int index = mfd__method_index(h.method);
+    if (index < 0)
         return mfd__fail(s, MFD_EREFUSED,
                          "HELLO: compression method %s (0x%x) is not built "
                          "into this destination",
                          mfd__method_name(h.method), h.method);
-    if (!allowed)
+    if (!((s->accept_compression >> index) & 1))
         return mfd__fail(s, MFD_EREFUSED,
                          "HELLO: compression method %s is not accepted by "
                          "this destination (accept-compression)",
                          mfd__method_name(h.method));
-    s->mops = mfd__method_find(h.method);
+    s->mops = mfd__method_of(index);
     memcpy(s->uuid, h.uuid, 16);
     /* Read by mfd_get_stats on other threads. */
     MFD_STAT_SET(s->page_size, h.page_size);

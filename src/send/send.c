@@ -1181,10 +1181,8 @@ int mfd__migrate(mfd_session *s, const char *uri)
     MFD_STAT_SET(s->t_start, mfd__now_us());
     MFD_STAT_SET(s->status, 1);
     s->ppp = MFD_PACKET_BYTES / (uint32_t)s->page_size;
-    static const uint32_t wire[] = {MFD_METHOD_NONE, MFD_METHOD_ZLIB,
-                                    MFD_METHOD_ZSTD, MFD_METHOD_LZ4};
-    s->method = wire[s->compression];
-    s->mops = mfd__method_find(s->method);
+    s->mops = mfd__method_of((int)s->compression);
+    s->method = s->mops->wire;
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__fail(s, MFD_EURI, "%s", err);
     int refused = s->zero_copy_send ? zc_refused(s) : 0;

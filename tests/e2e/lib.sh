@@ -20,6 +20,12 @@
 #   run_fg TAG SECS CMD...   CMD under timeout in the foreground, output in
 #                            $E2E_TMP/TAG.{out,err}; sets FG_RC
 #   check_stderr_clean TAG FILE  fails if FILE holds a sanitizer report
+#   e2e_netns_up NET BIN     a network namespace joined by a veth pair, to
+#                            play a second host: 10.NET.0.1 here, 10.NET.0.2
+#                            there; sets E2E_NS, E2E_VETH (this side's end)
+#                            and E2E_IN_NS (a wrapper running BIN in the
+#                            namespace); returns 1 where it cannot be made.
+#                            e2e_netns_down removes it (also at exit)
 #   gen_blocks DIR SEED      writes the matrix's block files into DIR
 #   expect_json DIR OUT FILE...  counts pages / all-zero pages per block
 #   check_stats ...          see the function
@@ -63,6 +69,7 @@ show_file() {
 e2e_cleanup() {
     local pid i alive
     trap - EXIT INT TERM
+    e2e_netns_down
     # Ask politely (timeout forwards TERM to its child), then force.
     for pid in "${E2E_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null
@@ -545,4 +552,33 @@ report_stats() {
 # "XXH3_H  stdin" in later ones).
 xxh3() {
     xxhsum -H3 <"$1" | grep -oE '[0-9a-f]{16}' | head -n 1
+}
+
+E2E_NS=
+E2E_VETH=
+E2E_IN_NS=
+
+e2e_netns_up() {
+    local net=$1 bin=$2
+    E2E_NS=mfd-$E2E_NAME-$$
+    E2E_VETH=mfa$$
+    local peer=mfb$$
+    ip netns add "$E2E_NS" 2>/dev/null || return 1
+    ip link add "$E2E_VETH" type veth peer name "$peer" 2>/dev/null || return 1
+    ip link set "$peer" netns "$E2E_NS" &&
+        ip addr add "10.$net.0.1/30" dev "$E2E_VETH" &&
+        ip link set "$E2E_VETH" up &&
+        ip netns exec "$E2E_NS" ip addr add "10.$net.0.2/30" dev "$peer" &&
+        ip netns exec "$E2E_NS" ip link set "$peer" up &&
+        ip netns exec "$E2E_NS" ip link set lo up || return 1
+    E2E_IN_NS=$E2E_TMP/multifd-in-ns
+    printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$E2E_NS" "$bin" \
+        >"$E2E_IN_NS" && chmod +x "$E2E_IN_NS"
+}
+
+e2e_netns_down() {
+    [ -n "$E2E_NS" ] || return 0
+    ip netns del "$E2E_NS" 2>/dev/null
+    ip link del "$E2E_VETH" 2>/dev/null
+    E2E_NS=
 }

@@ -216,36 +216,14 @@ fi
 
 # ---- the network cut between two namespaces ----------------------------------
 
-NS=mfd-live-$$
-VA=mfa$$
-VB=mfb$$
-netns_up() {
-    ip netns add "$NS" 2>/dev/null || return 1
-    ip link add "$VA" type veth peer name "$VB" 2>/dev/null || return 1
-    ip link set "$VB" netns "$NS" &&
-        ip addr add 10.231.0.1/30 dev "$VA" &&
-        ip link set "$VA" up &&
-        ip netns exec "$NS" ip addr add 10.231.0.2/30 dev "$VB" &&
-        ip netns exec "$NS" ip link set "$VB" up &&
-        ip netns exec "$NS" ip link set lo up
-}
-netns_down() {
-    ip netns del "$NS" 2>/dev/null
-    ip link del "$VA" 2>/dev/null
-}
-trap 'netns_down; e2e_cleanup' EXIT
-
 tag=netcut
-if ! command -v ip >/dev/null || ! netns_up; then
-    netns_down
+real=$MULTIFD
+if ! command -v ip >/dev/null || ! e2e_netns_up 231 "$real"; then
+    e2e_netns_down
     skip "$tag" "cannot create a network namespace and veth pair here"
 else
-    # start_recv runs $MULTIFD: a wrapper runs it inside the namespace.
-    real=$MULTIFD
-    inns=$E2E_TMP/multifd-in-ns
-    printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$NS" "$real" >"$inns"
-    chmod +x "$inns"
-    MULTIFD=$inns
+    # start_recv runs $MULTIFD: the wrapper runs it inside the namespace.
+    MULTIFD=$E2E_IN_NS
     if start_recv "$tag.recv" --listen tcp:10.231.0.2:0 --into anon: \
         --network-timeout 3000; then
         MULTIFD=$real
@@ -255,7 +233,7 @@ else
             --max-bandwidth 40M --network-timeout 3000
         spid=$BG_PID
         mid_pass "$tag"
-        ip link set "$VA" down
+        ip link set "$E2E_VETH" down
         t0=$(now_ms)
         bg_wait "$spid" 20
         dt=$(($(now_ms) - t0))
@@ -277,9 +255,9 @@ else
         else
             pass "$tag-dest: $(grep 'error' "$E2E_TMP/$tag.recv.err" | head -n 1)"
         fi
-        ip link set "$VA" up
+        ip link set "$E2E_VETH" up
         sleep 0.5
-        MULTIFD=$inns
+        MULTIFD=$E2E_IN_NS
         if start_recv "$tag-again.recv" --listen tcp:10.231.0.2:0 \
             --into anon:; then
             MULTIFD=$real
@@ -302,7 +280,7 @@ else
         MULTIFD=$real
         fail "$tag" "$RECV_WHY"
     fi
-    netns_down
+    e2e_netns_down
 fi
 
 e2e_finish

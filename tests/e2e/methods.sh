@@ -451,35 +451,13 @@ live zc-loopback-demo none 4 multifd 1
 
 # ---- zero-copy over a veth pair between two network namespaces -------------
 
-NS=mfd-meth-$$
-VA=mma$$
-VB=mmb$$
-netns_up() {
-    ip netns add "$NS" 2>/dev/null || return 1
-    ip link add "$VA" type veth peer name "$VB" 2>/dev/null || return 1
-    ip link set "$VB" netns "$NS" &&
-        ip addr add 10.232.0.1/30 dev "$VA" &&
-        ip link set "$VA" up &&
-        ip netns exec "$NS" ip addr add 10.232.0.2/30 dev "$VB" &&
-        ip netns exec "$NS" ip link set "$VB" up &&
-        ip netns exec "$NS" ip link set lo up
-}
-netns_down() {
-    ip netns del "$NS" 2>/dev/null
-    ip link del "$VA" 2>/dev/null
-}
-trap 'netns_down; e2e_cleanup' EXIT
-
-if ! command -v ip >/dev/null || ! netns_up; then
-    netns_down
+if ! command -v ip >/dev/null || ! e2e_netns_up 232 "$REAL"; then
+    e2e_netns_down
     skip zc-veth "cannot create a network namespace and veth pair here"
 else
-    # start_recv runs $MULTIFD: a wrapper runs it inside the namespace;
+    # start_recv runs $MULTIFD: the wrapper runs it inside the namespace;
     # send and demo run $REAL in the root namespace.
-    inns=$E2E_TMP/multifd-in-ns
-    printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$NS" "$REAL" >"$inns"
-    chmod +x "$inns"
-    MULTIFD=$inns
+    MULTIFD=$E2E_IN_NS
     paused zc-veth-send none 4 multifd 1 tcp:10.232.0.2:0
     tag='zc-veth-demo'
     if start_recv "$tag.recv" --listen tcp:10.232.0.2:0 --into anon: --json; then
@@ -496,7 +474,7 @@ else
         fail "$tag" "$RECV_WHY"
     fi
     MULTIFD=$REAL
-    netns_down
+    e2e_netns_down
 fi
 
 # ---- zero-copy refused -------------------------------------------------------
