@@ -259,6 +259,15 @@ typedef enum {
      * says how much is needed). Default 0.
      */
     MFD_PARAM_ZERO_COPY_SEND = 122,
+    /*
+     * "direct-io": snapshot files only (file: URIs): page I/O with
+     * O_DIRECT, bypassing the page cache (header, bitmaps and device
+     * state stay buffered). The blocks' memory must be 4096-aligned. A
+     * file system that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs)
+     * fails the save or restore with a message saying so; there is no
+     * silent fallback. Default 0.
+     */
+    MFD_PARAM_DIRECT_IO = 123,
 } mfd_param;
 
 /* Values of MFD_PARAM_COMPRESSION. */
@@ -377,7 +386,8 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
 /*
  * URIs follow QEMU's forms: "tcp:HOST:PORT" (HOST a name, an IPv4 address or
  * a bracketed IPv6 address; PORT may be 0 for mfd_listen, which then binds an
- * ephemeral port) and "unix:PATH".
+ * ephemeral port) and "unix:PATH"; "file:PATH" saves to a snapshot file
+ * (see "Snapshot files").
  */
 
 /**
@@ -385,6 +395,8 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
  * returns 0 only after the destination answered DONE (everything applied
  * and verified). On failure returns a negative code, and mfd_last_error()
  * says what went wrong; the blocks are never modified. Blocks the caller.
+ * With "file:PATH" it saves a snapshot instead and returns 0 once the file
+ * is complete and durable.
  */
 MFD_API int mfd_migrate(mfd_session *s, const char *uri);
 
@@ -414,6 +426,42 @@ MFD_API const char *mfd_listen_uri(const mfd_session *s);
  * this call returns, the blocks must not be touched by anyone else.
  */
 MFD_API int mfd_incoming(mfd_session *s);
+
+/* ------------------------------------------------------------------------ */
+/* Snapshot files                                                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A snapshot file (PROTOCOL.md 5, QEMU's mapped-ram layout) holds every
+ * block's non-zero pages at fixed offsets, a page-presence bitmap per
+ * block, and the device state. Save with mfd_migrate(s, "file:PATH"): the
+ * channel threads write their batches in place with pwrite (N writers in
+ * parallel, multifd-channels), zero pages are never written (the file
+ * stays sparse), and a live save (dirty tracker) overwrites re-dirtied
+ * pages in place in later passes. The bitmaps, the header and the
+ * device state are written at the end; the COMPLETE flag last, once
+ * everything else is durable (fdatasync). A save that fails or is killed
+ * leaves a file without COMPLETE, which mfd_restore() refuses.
+ * Compression and zero-copy-send are refused with file: URIs;
+ * MFD_PARAM_DIRECT_IO selects O_DIRECT page I/O.
+ */
+
+/**
+ * Destination: restores the snapshot at `uri` ("file:PATH") with
+ * multifd-channels reader threads into blocks the library maps (fresh
+ * anonymous memory, or files of mfd_set_incoming_dir() /
+ * mfd_set_incoming_file(), or populated memory with MFD_PARAM_PREALLOC),
+ * or into the caller's blocks (mfd_add_block before this call; names,
+ * lengths and order must match the file's, and the memory must be
+ * zero-filled). Pages absent from the file are never touched. The file
+ * is validated before anything is mapped: a truncated file, a missing
+ * COMPLETE flag, a bad CRC, a region outside the file or overlapping
+ * another, an unknown version or an unusable page size fail with a
+ * message saying which. Returns 0 only when every present page was
+ * read; afterwards mfd_block_get() and mfd_get_device_state() give the
+ * result. A session is used for one restore (not with mfd_listen).
+ */
+MFD_API int mfd_restore(mfd_session *s, const char *uri);
 
 /**
  * Cancels a running mfd_migrate() or mfd_incoming() from any thread. The

@@ -1,5 +1,5 @@
 /*
- * multifd.c - the command-line tool: send, recv, demo, bench.
+ * multifd.c - the command-line tool: send, recv, save, restore, demo, bench.
  *
  * The tool uses nothing but the public API (include/multifd.h); the bench
  * additionally measures its reference figures with bench/refs.c.
@@ -206,7 +206,28 @@ static void print_pass_cb(void *opaque, const mfd_pass_info *p)
                    p, pp->page_size);
 }
 
-static int cmd_send(int argc, char **argv)
+static const char save_usage[] =
+    "usage: multifd save --to file:PATH [options] FILE...\n"
+    "\n"
+    "Saves each FILE as one RAM block named after its base name into the\n"
+    "snapshot file PATH (mapped-ram layout, PROTOCOL.md 5): the channel\n"
+    "threads write their pages in parallel at fixed offsets, zero pages are\n"
+    "never written (the file stays sparse), and the COMPLETE flag is set\n"
+    "last, once everything is on disk. Exits 0 only then. Restore with\n"
+    "`multifd restore`.\n"
+    "\n"
+    "options:\n"
+    "  --to file:PATH              the snapshot file (required; replaced)\n"
+    "  --progress[=json]           a progress line while running\n"
+    "  --json                      print the final stats as one JSON object\n"
+    "  -h, --help                  this text\n";
+
+/*
+ * send and save: each FILE, mapped read-only, becomes a block; migrate to
+ * the URI (a socket for send, file: for save).
+ */
+static int migrate_files(int argc, char **argv, const char *cmd,
+                         const char *usage)
 {
     static const struct option own[] = {
         {"to", required_argument, 0, 't'},
@@ -223,7 +244,7 @@ static int cmd_send(int argc, char **argv)
     char msg[1300];
     mfd_session *s = mfd_session_new();
     if (!s)
-        return fail_line("send", "out of memory");
+        return fail_line(cmd, "out of memory");
 
     int c;
     optind = 1;
@@ -234,34 +255,39 @@ static int cmd_send(int argc, char **argv)
         case 'P':
             show_progress = true;
             if (!cli_progress_mode(optarg, argc, argv, &pp.kind)) {
-                usage_error("send", send_usage, "--progress: human or json");
+                usage_error(cmd, usage, "--progress: human or json");
                 mfd_session_free(s);
                 return 2;
             }
             break;
         case 'j': json = true; break;
         case 'h':
-            fputs(send_usage, stdout);
+            fputs(usage, stdout);
             fputs(cli_migration_usage, stdout);
             mfd_session_free(s);
             return 0;
         default:
             rc = cli_migration_option(s, c, optarg);
             if (rc > 0) {
-                usage_error("send", send_usage, "invalid option");
+                usage_error(cmd, usage, "invalid option");
                 mfd_session_free(s);
                 return 2;
             }
         }
         if (rc) {
-            usage_error("send", send_usage, mfd_last_error(s));
+            usage_error(cmd, usage, mfd_last_error(s));
             mfd_session_free(s);
             return 2;
         }
     }
     if (!to || optind >= argc) {
-        usage_error("send", send_usage,
+        usage_error(cmd, usage,
                     !to ? "--to URI is required" : "no FILE given");
+        mfd_session_free(s);
+        return 2;
+    }
+    if (!strcmp(cmd, "save") && strncmp(to, "file:", 5)) {
+        usage_error(cmd, usage, "--to wants file:PATH");
         mfd_session_free(s);
         return 2;
     }
@@ -279,16 +305,16 @@ static int cmd_send(int argc, char **argv)
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0 || fstat(fd, &st) < 0) {
             snprintf(msg, sizeof(msg), "%s: %s", path, strerror(errno));
-            rc = fail_line("send", msg);
+            rc = fail_line(cmd, msg);
         } else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
             snprintf(msg, sizeof(msg), "%s: not a regular file", path);
-            rc = fail_line("send", msg);
+            rc = fail_line(cmd, msg);
         } else if (st.st_size == 0 || st.st_size % ps) {
             snprintf(msg, sizeof(msg),
                      "%s: size %lld is not a non-zero multiple of the page "
                      "size %" PRId64,
                      path, (long long)st.st_size, ps);
-            rc = fail_line("send", msg);
+            rc = fail_line(cmd, msg);
         } else {
             lens[i] = (uint64_t)st.st_size;
             maps[i] = mmap(NULL, lens[i], PROT_READ, MAP_SHARED, fd, 0);
@@ -296,10 +322,10 @@ static int cmd_send(int argc, char **argv)
                 maps[i] = NULL;
                 snprintf(msg, sizeof(msg), "%s: mmap: %s", path,
                          strerror(errno));
-                rc = fail_line("send", msg);
+                rc = fail_line(cmd, msg);
             } else if (mfd_add_block(s, base, maps[i], lens[i])) {
                 snprintf(msg, sizeof(msg), "%s: %s", path, mfd_last_error(s));
-                rc = fail_line("send", msg);
+                rc = fail_line(cmd, msg);
             }
             total += lens[i];
         }
@@ -307,7 +333,7 @@ static int cmd_send(int argc, char **argv)
             close(fd);
     }
     if (!maps || !lens)
-        rc = fail_line("send", "out of memory");
+        rc = fail_line(cmd, "out of memory");
 
     if (!rc) {
         int64_t v;
@@ -321,13 +347,15 @@ static int cmd_send(int argc, char **argv)
         if (show_progress && pp.kind == CLI_PROGRESS_HUMAN)
             cli_progress_stop();
         if (mrc) {
-            rc = fail_line("send", mfd_last_error(s));
+            rc = fail_line(cmd, mfd_last_error(s));
         } else if (json) {
             char *j = mfd_stats_json(s);
             printf("%s\n", j ? j : "{}");
             free(j);
         } else {
-            cli_print_stats(stdout, s, "multifd send: migration completed");
+            snprintf(msg, sizeof(msg), "multifd %s: %s completed", cmd,
+                     strcmp(cmd, "save") ? "migration" : "snapshot");
+            cli_print_stats(stdout, s, msg);
         }
     }
     for (int i = 0; maps && lens && i < nfiles; i++)
@@ -337,6 +365,16 @@ static int cmd_send(int argc, char **argv)
     free(lens);
     mfd_session_free(s);
     return rc;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+    return migrate_files(argc, argv, "send", send_usage);
+}
+
+static int cmd_save(int argc, char **argv)
+{
+    return migrate_files(argc, argv, "save", save_usage);
 }
 
 /* ---- recv -------------------------------------------------------------- */
@@ -404,6 +442,46 @@ static void recv_blocks_free(void)
     free(recv_blocks.lens);
     recv_blocks.maps = NULL;
     recv_blocks.lens = NULL;
+}
+
+/*
+ * A destination's result: stats (human or JSON) and, for anonymous memory,
+ * each block's XXH3-64 digest.
+ */
+static void print_received(mfd_session *s, bool json, bool anon,
+                           const char *what)
+{
+    int n = mfd_block_count(s);
+    if (json) {
+        char *j = mfd_stats_json(s);
+        if (j && anon) {
+            /* Splice the digests into the object before its closing brace. */
+            j[strlen(j) - 1] = 0;
+            printf("%s, \"digests\": {", j);
+            for (int i = 0; i < n; i++) {
+                mfd_block_info b;
+                mfd_block_get(s, i, &b);
+                /* Names are printable ASCII; only " and \ need escaping. */
+                printf("%s\"", i ? ", " : "");
+                for (const char *ch = b.name; *ch; ch++)
+                    printf(*ch == '"' || *ch == '\\' ? "\\%c" : "%c", *ch);
+                printf("\": \"%016llx\"",
+                       (unsigned long long)XXH3_64bits(b.host, b.length));
+            }
+            printf("}}\n");
+        } else {
+            printf("%s\n", j ? j : "{}");
+        }
+        free(j);
+    } else {
+        cli_print_stats(stdout, s, what);
+        for (int i = 0; anon && i < n; i++) {
+            mfd_block_info b;
+            mfd_block_get(s, i, &b);
+            printf("digest %s %016llx\n", b.name,
+                   (unsigned long long)XXH3_64bits(b.host, b.length));
+        }
+    }
 }
 
 static int cmd_recv(int argc, char **argv)
@@ -581,39 +659,126 @@ static int cmd_recv(int argc, char **argv)
         return rc;
     }
 
-    int n = mfd_block_count(s);
-    if (json) {
-        char *j = mfd_stats_json(s);
-        if (j && anon) {
-            /* Splice the digests into the object before its closing brace. */
-            j[strlen(j) - 1] = 0;
-            printf("%s, \"digests\": {", j);
-            for (int i = 0; i < n; i++) {
-                mfd_block_info b;
-                mfd_block_get(s, i, &b);
-                /* Names are printable ASCII; only " and \ need escaping. */
-                printf("%s\"", i ? ", " : "");
-                for (const char *ch = b.name; *ch; ch++)
-                    printf(*ch == '"' || *ch == '\\' ? "\\%c" : "%c", *ch);
-                printf("\": \"%016llx\"",
-                       (unsigned long long)XXH3_64bits(b.host, b.length));
-            }
-            printf("}}\n");
-        } else {
-            printf("%s\n", j ? j : "{}");
-        }
-        free(j);
-    } else {
-        cli_print_stats(stdout, s, "multifd recv: migration completed");
-        for (int i = 0; anon && i < n; i++) {
-            mfd_block_info b;
-            mfd_block_get(s, i, &b);
-            printf("digest %s %016llx\n", b.name,
-                   (unsigned long long)XXH3_64bits(b.host, b.length));
-        }
-    }
+    print_received(s, json, anon, "multifd recv: migration completed");
     mfd_session_free(s);
     return 0;
+}
+
+/* ---- restore ----------------------------------------------------------- */
+
+static const char restore_usage[] =
+    "usage: multifd restore --from file:PATH --into DIR|anon: [options]\n"
+    "\n"
+    "Restores a snapshot written by `multifd save`. The file is validated\n"
+    "first (header CRC, COMPLETE flag, every region inside the file and\n"
+    "none overlapping); then N threads read the present pages into place.\n"
+    "Absent (zero) pages are never touched: with --into DIR each block\n"
+    "becomes the sparse file DIR/NAME; with --into anon: fresh anonymous\n"
+    "memory, and each block's XXH3-64 digest is printed. Exits 0 only when\n"
+    "every page was read.\n"
+    "\n"
+    "options:\n"
+    "  --from file:PATH    the snapshot (required)\n"
+    "  --into DIR|anon:    where blocks go (required)\n"
+    "  --channels N        reader threads (multifd-channels, default 2)\n"
+    "  --direct-io         read pages with O_DIRECT\n"
+    "  --prealloc          populate the memory before reading\n"
+    "  --file NAME=PATH    restore block NAME into the file PATH (repeatable)\n"
+    "  --max-total-size S  refuse a snapshot larger than S bytes (K/M/G/T)\n"
+    "  --progress          print a progress line while running\n"
+    "  --json              print the stats (and digests) as one JSON object\n"
+    "  -h, --help          this text\n";
+
+static int cmd_restore(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"from", required_argument, 0, 'F'},
+        {"into", required_argument, 0, 'i'},
+        {"channels", required_argument, 0, 'c'},
+        {"multifd-channels", required_argument, 0, 'c'},
+        {"direct-io", no_argument, 0, 'd'},
+        {"prealloc", no_argument, 0, 'a'},
+        {"file", required_argument, 0, 'f'},
+        {"max-total-size", required_argument, 0, 'm'},
+        {"progress", no_argument, 0, 'P'},
+        {"json", no_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *from = NULL, *into = NULL;
+    bool json = false, show_progress = false;
+    char msg[1300];
+    mfd_session *s = mfd_session_new();
+    if (!s)
+        return fail_line("restore", "out of memory");
+    int c, rc = 0;
+    optind = 1;
+    while (!rc && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int prc = 0;
+        switch (c) {
+        case 'F': from = optarg; break;
+        case 'i': into = optarg; break;
+        case 'c': prc = mfd_set_param_by_name(s, "multifd-channels", optarg); break;
+        case 'd': prc = mfd_set_param(s, MFD_PARAM_DIRECT_IO, 1); break;
+        case 'a': prc = mfd_set_param(s, MFD_PARAM_PREALLOC, 1); break;
+        case 'm': prc = mfd_set_param_by_name(s, "max-total-size", optarg); break;
+        case 'f': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg) {
+                usage_error("restore", restore_usage, "--file wants NAME=PATH");
+                rc = 2;
+                break;
+            }
+            *eq = 0;
+            prc = mfd_set_incoming_file(s, optarg, eq + 1);
+            *eq = '=';
+            break;
+        }
+        case 'P': show_progress = true; break;
+        case 'j': json = true; break;
+        case 'h':
+            fputs(restore_usage, stdout);
+            mfd_session_free(s);
+            return 0;
+        default:
+            usage_error("restore", restore_usage, "invalid option");
+            rc = 2;
+        }
+        if (prc) {
+            usage_error("restore", restore_usage, mfd_last_error(s));
+            rc = 2;
+        }
+    }
+    if (!rc && (!from || !into || optind != argc)) {
+        usage_error("restore", restore_usage,
+                    optind != argc ? "unexpected argument"
+                                   : "--from and --into are required");
+        rc = 2;
+    }
+    bool anon = into && !strcmp(into, "anon:");
+    if (!rc && !anon) {
+        struct stat st;
+        if (stat(into, &st) || !S_ISDIR(st.st_mode)) {
+            snprintf(msg, sizeof(msg), "--into %s: not a directory", into);
+            rc = fail_line("restore", msg);
+        } else if (mfd_set_incoming_dir(s, into)) {
+            rc = fail_line("restore", mfd_last_error(s));
+        }
+    }
+    if (!rc) {
+        if (show_progress)
+            cli_progress_start(s, 0, 500);
+        int mrc = mfd_restore(s, from);
+        if (show_progress)
+            cli_progress_stop();
+        if (mrc)
+            rc = fail_line("restore", mfd_last_error(s));
+        else
+            print_received(s, json, anon,
+                           "multifd restore: snapshot restored");
+    }
+    mfd_session_free(s);
+    return rc;
 }
 
 /* ---- main -------------------------------------------------------------- */
@@ -626,6 +791,8 @@ static const char main_usage[] =
     "commands:\n"
     "  send     migrate files as RAM blocks to a destination\n"
     "  recv     receive one migration into files or anonymous memory\n"
+    "  save     save files as RAM blocks to a snapshot file (file:PATH)\n"
+    "  restore  restore a snapshot file into files or anonymous memory\n"
     "  demo     a verified migration of a synthetic 1 GiB guest on loopback\n"
     "  bench    measure migration throughput against reference figures\n"
     "\n"
@@ -650,6 +817,10 @@ int main(int argc, char **argv)
         return cmd_send(argc - 1, argv + 1);
     if (!strcmp(cmd, "recv"))
         return cmd_recv(argc - 1, argv + 1);
+    if (!strcmp(cmd, "save"))
+        return cmd_save(argc - 1, argv + 1);
+    if (!strcmp(cmd, "restore"))
+        return cmd_restore(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo"))
         return cmd_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))

@@ -31,6 +31,7 @@ enum {
     OPT_ZSTD_LEVEL,
     OPT_LZ4_ACCEL,
     OPT_ZERO_COPY,
+    OPT_DIRECT_IO,
     OPT_END
 };
 
@@ -68,6 +69,7 @@ static const struct {
     {{"multifd-lz4-acceleration", required_argument, 0, OPT_LZ4_ACCEL},
      "multifd-lz4-acceleration"},
     {{"zero-copy-send", no_argument, 0, OPT_ZERO_COPY}, "zero-copy-send"},
+    {{"direct-io", no_argument, 0, OPT_DIRECT_IO}, "direct-io"},
 };
 
 const char cli_migration_usage[] =
@@ -95,7 +97,8 @@ const char cli_migration_usage[] =
     "  --multifd-zlib-level N      0..9 (default 1)\n"
     "  --multifd-zstd-level N      1..20 (default 1)\n"
     "  --multifd-lz4-acceleration N  1..65537 (default 1; higher: faster)\n"
-    "  --zero-copy-send            MSG_ZEROCOPY for raw page payloads\n";
+    "  --zero-copy-send            MSG_ZEROCOPY for raw page payloads\n"
+    "  --direct-io                 file: URIs: page I/O with O_DIRECT\n";
 
 size_t cli_options_build(const struct option *own, struct option *out,
                          size_t cap)

@@ -1,6 +1,7 @@
 /*
  * util.h - small helpers shared by every room: big-endian access to wire
- * bytes, monotonic time, and the one-line error macros.
+ * bytes, little-endian access to snapshot files, monotonic time, and the
+ * one-line error macros.
  */
 #ifndef MFD_COMMON_UTIL_H
 #define MFD_COMMON_UTIL_H
@@ -33,6 +34,43 @@ static inline uint64_t mfd__get_be64(const uint8_t *p)
     uint64_t v;
     memcpy(&v, p, 8);
     return __builtin_bswap64(v);
+}
+
+/* Little-endian access: the snapshot file (PROTOCOL.md 5). */
+static inline void mfd__put_le32(uint8_t *p, uint32_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    memcpy(p, &v, 4);
+}
+
+static inline void mfd__put_le64(uint8_t *p, uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
+static inline uint32_t mfd__get_le32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
+}
+
+static inline uint64_t mfd__get_le64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
 }
 
 static inline uint64_t mfd__now_us(void)

@@ -4,6 +4,7 @@
  * source and the destination.
  */
 #include "core/session.h"
+#include "file/file.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -373,6 +374,7 @@ static const param_desc params[] = {
     {MFD_PARAM_ACCEPT_COMPRESSION, "accept-compression", 1, 0xF,
      PF(accept_compression)},
     {MFD_PARAM_ZERO_COPY_SEND, "zero-copy-send", 0, 1, PF(zero_copy_send)},
+    {MFD_PARAM_DIRECT_IO, "direct-io", 0, 1, PF(direct_io)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };
@@ -1005,6 +1007,16 @@ MFD_API int mfd_incoming(mfd_session *s)
         return mfd__set_error(s, MFD_ESTATE, "session already used");
     s->used = true;
     return mfd__incoming(s);
+}
+
+MFD_API int mfd_restore(mfd_session *s, const char *uri)
+{
+    if (s->used || s->listen_fd >= 0)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "session already used (or listening)");
+    s->used = true;
+    MFD_STAT_SET(s->role, 2);
+    return mfd__restore(s, uri);
 }
 
 MFD_API const char *mfd_listen_uri(const mfd_session *s)

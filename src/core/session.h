@@ -156,6 +156,7 @@ struct mfd_session {
     int64_t lz4_accel;
     int64_t accept_compression; /* destination: bit per MFD_COMPRESSION_* */
     int64_t zero_copy_send;
+    int64_t direct_io;
     mfd_live_ops live;
     void *live_opaque;
     char *incoming_dir;
@@ -187,6 +188,9 @@ struct mfd_session {
     bool err_from_peer; /* the peer told us; do not answer with ERROR */
     int failed;         /* atomic flag */
     char err_msg[1024];
+
+    /* Snapshot file (file: URI): the file room's state, else NULL. */
+    struct mfd_snap *snap;
 
     /* Sockets. */
     int main_fd;
@@ -319,6 +323,20 @@ void mfd__send_error_record(struct mfd_session *s);
 void mfd__session_release_runtime(struct mfd_session *s);
 void mfd__send_release(struct mfd_session *s);
 void mfd__recv_release(struct mfd_session *s);
+
+/*
+ * Destination memory, shared by the network (recv/) and snapshot restore
+ * (file/): maps a block the library owns (anonymous memory registered for
+ * UFFDIO_COPY, or a file of the incoming directory) and sets b->place;
+ * places `len` bytes at `off` of a UFFD block from `src`; ends userfaultfd
+ * placement; the most the destination accepts in all (max-total-size,
+ * free space of the incoming directory, or physical memory).
+ */
+int mfd__map_block(struct mfd_session *s, mfd_block *b);
+int mfd__uffd_place(struct mfd_session *s, mfd_block *b, uint64_t off,
+                    const uint8_t *src, uint64_t len, uint32_t ps);
+void mfd__placement_done(struct mfd_session *s);
+uint64_t mfd__total_size_limit(const struct mfd_session *s);
 
 int mfd__migrate(struct mfd_session *s, const char *uri);
 int mfd__incoming(struct mfd_session *s);

@@ -57,6 +57,16 @@ static inline void mfd__bitmap_set_atomic(uint64_t *map, uint64_t bit)
         __atomic_fetch_or(&map[bit / 64], mask, __ATOMIC_RELAXED);
 }
 
+/* Clears the bit atomically; returns whether it was set. */
+static inline bool mfd__bitmap_test_and_clear_atomic(uint64_t *map,
+                                                     uint64_t bit)
+{
+    uint64_t mask = UINT64_C(1) << (bit % 64);
+    if (!(__atomic_load_n(&map[bit / 64], __ATOMIC_RELAXED) & mask))
+        return false;
+    return __atomic_fetch_and(&map[bit / 64], ~mask, __ATOMIC_RELAXED) & mask;
+}
+
 /* Sets bits [start, start + n) atomically, a word at a time. */
 static inline void mfd__bitmap_set_range_atomic(uint64_t *map, uint64_t start,
                                                 uint64_t n)

@@ -97,7 +97,7 @@ static void apply_zero_page(mfd_block *b, uint64_t off, uint32_t ps)
  * UFFDIO_COPY fails with EEXIST on a page that is already there; such a
  * page is simply copied into.
  */
-static int uffd_place(mfd_session *s, mfd_block *b, uint64_t off,
+int mfd__uffd_place(mfd_session *s, mfd_block *b, uint64_t off,
                       const uint8_t *src, uint64_t len, uint32_t ps)
 {
     while (len) {
@@ -158,7 +158,7 @@ static int place_pages(mfd_recv_chan *ch, mfd_block *b, uint32_t normal,
                 done += (uint64_t)n;
             }
         } else if (!had && b->place == MFD_PLACE_UFFD) {
-            if (uffd_place(s, b, off, src, len, ps))
+            if (mfd__uffd_place(s, b, off, src, len, ps))
                 return mfd__fail(s, MFD_ESYS,
                                  "channel %u: packet %" PRIu64
                                  ": UFFDIO_COPY into block '%s' at 0x%" PRIx64
@@ -321,6 +321,11 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
         return mfd__set_error(s, MFD_ESTATE, "session already used");
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__set_error(s, MFD_EURI, "%s", err);
+    if (u.kind == MFD_URI_FILE)
+        return mfd__set_error(s, MFD_EURI,
+                              "URI '%s': a snapshot file is read with "
+                              "mfd_restore (multifd restore), not listened on",
+                              uri);
     s->listen_fd = mfd__sock_listen(&u, s->listen_uri, sizeof(s->listen_uri),
                                     err, sizeof(err));
     if (s->listen_fd < 0)
@@ -507,7 +512,7 @@ static int uffd_register(mfd_session *s, mfd_block *b)
 }
 
 /* Ends userfaultfd placement: the memory becomes ordinary memory again. */
-static void placement_done(mfd_session *s)
+void mfd__placement_done(mfd_session *s)
 {
     if (s->uffd >= 0) {
         close(s->uffd);
@@ -556,7 +561,7 @@ static int open_block_file(mfd_session *s, mfd_block *b, const char *path)
     return fd;
 }
 
-static int map_block(mfd_session *s, mfd_block *b)
+int mfd__map_block(mfd_session *s, mfd_block *b)
 {
     const char *path = named_file(s, b->name);
     if (path || s->incoming_dir) {
@@ -611,7 +616,7 @@ static int map_block(mfd_session *s, mfd_block *b)
  * The most this destination accepts before it maps anything: every length
  * is a peer's claim, and nothing is sized by it until it passed this bound.
  */
-static uint64_t total_size_limit(const mfd_session *s)
+uint64_t mfd__total_size_limit(const mfd_session *s)
 {
     if (s->max_total_size)
         return (uint64_t)s->max_total_size;
@@ -667,7 +672,7 @@ static int read_setup(mfd_session *s)
     if (!have && !(s->blocks = calloc(h.block_count, sizeof(mfd_block))))
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
 
-    uint64_t total = 0, limit = total_size_limit(s);
+    uint64_t total = 0, limit = mfd__total_size_limit(s);
     for (uint32_t i = 0; i < h.block_count; i++) {
         if (setup_record(s, MFD_REC_BLOCK, "BLOCK", &body, &len))
             return -1;
@@ -739,7 +744,7 @@ static int read_setup(mfd_session *s)
         mfd_block *b = &s->blocks[i];
         if (!(b->receivedmap = mfd__bitmap_new(b->pages)))
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
-        if (!have && map_block(s, b))
+        if (!have && mfd__map_block(s, b))
             return -1;
     }
 
@@ -908,7 +913,7 @@ static int on_digests(mfd_session *s, const uint8_t *body, uint32_t len)
         return mfd__fail(s, MFD_EPROTO, "DIGESTS: body length %u for %d blocks",
                          len, s->nblocks);
     /* Every pass is applied; reading never-placed pages must not SIGBUS. */
-    placement_done(s);
+    mfd__placement_done(s);
     for (int i = 0; i < s->nblocks; i++) {
         uint64_t want = mfd__get_be64(body + 8 * i);
         uint64_t got = XXH3_64bits(s->blocks[i].host, s->blocks[i].length);
@@ -1202,13 +1207,13 @@ int mfd__incoming(mfd_session *s)
         mfd__send_error_record(s);
         linger_close(s);
         mfd__session_release_runtime(s);
-        placement_done(s);
+        mfd__placement_done(s);
         MFD_STAT_SET(s->t_end, mfd__now_us());
         return -mfd__error_code(s);
     }
     MFD_STAT_SET(s->t_end, mfd__now_us());
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
     mfd__session_release_runtime(s);
-    placement_done(s);
+    mfd__placement_done(s);
     return 0;
 }

@@ -21,6 +21,7 @@
 
 #include "common/util.h"
 #include "core/session.h"
+#include "file/file.h"
 #include "protocol/crc32c.h"
 #include "ram/bitmap.h"
 #include "ram/dirty.h"
@@ -214,6 +215,10 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
 
     if (s->zpd == MFD_ZPD_MULTIFD)
         normal = partition_zero(blk->host, b->offset, b->num, ps);
+    if (s->snap) {
+        pace(s, (uint64_t)normal * ps);
+        return mfd__snap_write_batch(ch, b, normal);
+    }
 
     uint8_t *offs = ch->packet + MFD_PKT_OFFSETS;
     for (uint32_t i = 0; i < b->num; i++)
@@ -236,6 +241,9 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
 
 static int send_sync(mfd_send_chan *ch)
 {
+    /* A snapshot's pass ends with every write returned; nothing to send. */
+    if (ch->s->snap)
+        return 0;
     if (ch->s->zero_copy_send && zc_flush(ch))
         return -1;
     if (ch->prev_listed) {
@@ -353,6 +361,10 @@ static int sync_channels(mfd_session *s, uint64_t iteration)
     }
     uint8_t body[8];
     mfd__put_be64(body, iteration);
+    if (s->snap) {
+        MFD_STAT_ADD(s->iterations, 1);
+        return 0;
+    }
     if (mfd__send_record(s, MFD_REC_ITERATION_END, body, 8) != MFD_IO_OK)
         return main_write_failed(s, "ITERATION_END");
     MFD_STAT_ADD(s->iterations, 1);
@@ -497,7 +509,9 @@ static int walk_dirty(mfd_session *s, meter *m)
             for (; bits; bits &= bits - 1) {
                 uint64_t off = (w * 64 + (uint64_t)__builtin_ctzll(bits)) * ps;
                 if (legacy && mfd__buffer_is_zero(b->host + off, ps)) {
-                    if ((rc = legacy_add(s, z, (uint32_t)bi, off)))
+                    rc = s->snap ? mfd__snap_zero_page(s, (uint32_t)bi, off)
+                                 : legacy_add(s, z, (uint32_t)bi, off);
+                    if (rc)
                         break;
                     m->queued++;
                     continue;
@@ -716,6 +730,16 @@ static void batch_free(mfd_batch *b)
     }
 }
 
+/* A random (version 4) UUID for the session. */
+static int new_uuid(mfd_session *s)
+{
+    if (getrandom(s->uuid, sizeof(s->uuid), 0) != sizeof(s->uuid))
+        return mfd__fail(s, MFD_ESYS, "getrandom: %s", strerror(errno));
+    s->uuid[6] = (uint8_t)((s->uuid[6] & 0x0f) | 0x40);
+    s->uuid[8] = (uint8_t)((s->uuid[8] & 0x3f) | 0x80);
+    return 0;
+}
+
 /* Reads the destination's answer to the setup; expects `want`. */
 static int expect_record(mfd_session *s, uint32_t want, const char *what,
                          int timeout_ms, uint8_t **body, uint32_t *len)
@@ -792,10 +816,8 @@ static int handshake(mfd_session *s, const mfd_uri *u)
                          "version %u, this source speaks %u",
                          version, MFD_PROTO_VERSION);
 
-    if (getrandom(s->uuid, sizeof(s->uuid), 0) != sizeof(s->uuid))
-        return mfd__fail(s, MFD_ESYS, "getrandom: %s", strerror(errno));
-    s->uuid[6] = (uint8_t)((s->uuid[6] & 0x0f) | 0x40); /* UUID version 4 */
-    s->uuid[8] = (uint8_t)((s->uuid[8] & 0x3f) | 0x80);
+    if (new_uuid(s))
+        return -1;
 
     uint64_t want = (s->crc ? MFD_FEAT_CRC : 0) |
                     (s->verify ? MFD_FEAT_VERIFY : 0);
@@ -891,6 +913,8 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         if (s->mops->send_setup(ch))
             return -1;
+        if (s->snap)
+            continue; /* the channel writes the snapshot file */
         int fd = mfd__sock_connect(u, s->wake_fd, (int)s->handshake_timeout,
                                    err, sizeof(err));
         if (fd < 0)
@@ -1174,6 +1198,30 @@ static int zc_refused(mfd_session *s)
                      wmem >> 10, need >> 10);
 }
 
+/*
+ * A snapshot file (file: URI) takes raw pages at fixed offsets: no
+ * compression and no zero-copy (QEMU's mapped-ram refuses both too); and
+ * direct-io means nothing to a socket.
+ */
+static int file_refused(mfd_session *s, bool file)
+{
+    if (!file)
+        return s->direct_io ? mfd__fail(s, MFD_EINVAL,
+                                        "direct-io applies to snapshot "
+                                        "files (file:PATH) only")
+                            : 0;
+    if (s->compression)
+        return mfd__fail(s, MFD_EINVAL,
+                         "a snapshot file stores raw pages at fixed offsets: "
+                         "multifd-compression %s cannot be used with file:",
+                         mfd__method_name(s->method));
+    if (s->zero_copy_send)
+        return mfd__fail(s, MFD_EINVAL,
+                         "zero-copy-send applies to TCP channels, not to a "
+                         "snapshot file");
+    return 0;
+}
+
 int mfd__migrate(mfd_session *s, const char *uri)
 {
     char err[512];
@@ -1185,7 +1233,10 @@ int mfd__migrate(mfd_session *s, const char *uri)
     s->method = s->mops->wire;
     if (mfd__uri_parse(uri, &u, err, sizeof(err)))
         return mfd__fail(s, MFD_EURI, "%s", err);
-    int refused = s->zero_copy_send ? zc_refused(s) : 0;
+    bool file = u.kind == MFD_URI_FILE;
+    int refused = file_refused(s, file);
+    if (!refused && s->zero_copy_send)
+        refused = zc_refused(s);
     if (refused)
         return refused;
     if (s->dirty_tracker != MFD_TRACKER_NONE && !s->live.pause)
@@ -1195,10 +1246,11 @@ int mfd__migrate(mfd_session *s, const char *uri)
 
     int rc = mfd__failed(s) ? -1 : 0;
     if (!rc)
-        rc = handshake(s, &u);
+        rc = file ? (new_uuid(s) ? -1 : mfd__snap_create(s, u.file))
+                  : handshake(s, &u);
     if (!rc)
         rc = channels_setup(s, &u);
-    if (!rc) {
+    if (!rc && !file) {
         if (pthread_create(&s->rp_thread, NULL, return_path, s))
             rc = mfd__fail(s, MFD_ESYS, "pthread_create failed");
         else
@@ -1210,7 +1262,7 @@ int mfd__migrate(mfd_session *s, const char *uri)
         rc = precopy(s);
     }
     if (!rc)
-        rc = send_completion(s);
+        rc = file ? mfd__snap_finish(s) : send_completion(s);
 
     /*
      * DONE means the destination owns the memory now: whatever fails
@@ -1227,6 +1279,7 @@ int mfd__migrate(mfd_session *s, const char *uri)
     }
     uint64_t end = mfd__now_us();
     mfd__session_release_runtime(s);
+    mfd__snap_free(s);
     mfd__tracker_stop(s);
     set_throttle(s, 0);
     MFD_STAT_SET(s->t_end, end);

@@ -48,8 +48,20 @@ int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen)
         strcpy(u->path, path);
         return 0;
     }
+    if (!strncmp(text, "file:", 5)) {
+        const char *path = text + 5;
+        if (!*path)
+            URI_FAIL("URI '%s': empty file path", text);
+        if (strlen(path) >= sizeof(u->file))
+            URI_FAIL("URI '%s': file path longer than %zu bytes", text,
+                     sizeof(u->file) - 1);
+        u->kind = MFD_URI_FILE;
+        strcpy(u->file, path);
+        return 0;
+    }
     if (strncmp(text, "tcp:", 4))
-        URI_FAIL("URI '%s': expected tcp:HOST:PORT or unix:PATH", text);
+        URI_FAIL("URI '%s': expected tcp:HOST:PORT, unix:PATH or file:PATH",
+                 text);
 
     const char *host = text + 4, *colon;
     size_t hlen;

@@ -11,16 +11,20 @@
 #include <stddef.h>
 #include <sys/uio.h>
 
-typedef enum { MFD_URI_TCP = 1, MFD_URI_UNIX = 2 } mfd_uri_kind;
+typedef enum { MFD_URI_TCP = 1, MFD_URI_UNIX = 2, MFD_URI_FILE = 3 } mfd_uri_kind;
 
 typedef struct {
     mfd_uri_kind kind;
     char host[256]; /* TCP: name or address, brackets removed */
     char port[8];   /* TCP: decimal 0..65535 */
     char path[108]; /* Unix: socket path */
+    char file[4096]; /* file: a snapshot file's path */
 } mfd_uri;
 
-/* Parses "tcp:HOST:PORT", "tcp:[V6]:PORT" or "unix:PATH". */
+/*
+ * Parses "tcp:HOST:PORT", "tcp:[V6]:PORT", "unix:PATH" or "file:PATH" (a
+ * snapshot file, PROTOCOL.md 5; never a socket).
+ */
 int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen);
 
 /*
