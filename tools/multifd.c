@@ -448,16 +448,35 @@ static void recv_blocks_free(void)
  * A destination's result: stats (human or JSON) and, for anonymous memory,
  * each block's XXH3-64 digest.
  */
+/* This process's resident memory (VmRSS), KiB; -1 if unknown. */
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 static void print_received(mfd_session *s, bool json, bool anon,
                            const char *what)
 {
     int n = mfd_block_count(s);
+    /* Before the digests read the memory: what the transfer populated. */
+    long rss = rss_kb();
     if (json) {
         char *j = mfd_stats_json(s);
-        if (j && anon) {
-            /* Splice the digests into the object before its closing brace. */
+        if (j) {
+            /* Splice more fields into the object before its closing brace. */
             j[strlen(j) - 1] = 0;
-            printf("%s, \"digests\": {", j);
+            printf("%s, \"rss_kb\": %ld", j, rss);
+        }
+        if (j && anon) {
+            printf(", \"digests\": {");
             for (int i = 0; i < n; i++) {
                 mfd_block_info b;
                 mfd_block_get(s, i, &b);
@@ -470,11 +489,12 @@ static void print_received(mfd_session *s, bool json, bool anon,
             }
             printf("}}\n");
         } else {
-            printf("%s\n", j ? j : "{}");
+            printf("%s\n", j ? "}" : "{}");
         }
         free(j);
     } else {
         cli_print_stats(stdout, s, what);
+        printf("  memory: %.1f MiB resident in this process\n", rss / 1024.0);
         for (int i = 0; anon && i < n; i++) {
             mfd_block_info b;
             mfd_block_get(s, i, &b);

@@ -67,8 +67,21 @@ static void test_uri_forms(void **state)
     bad("tcp:[::1]44");
     bad("tcp:[::1");
     bad("unix:");
-    bad("file:/tmp/x");
+    bad("file:");
     bad("exec:cat");
+    {
+        mfd_uri u;
+        char err[300] = "";
+        assert_int_equal(mfd__uri_parse("file:/var/snap/a b.img", &u, err,
+                                        sizeof(err)), 0);
+        assert_int_equal(u.kind, MFD_URI_FILE);
+        assert_string_equal(u.file, "/var/snap/a b.img");
+        char longfile[5000];
+        memset(longfile, 'a', sizeof(longfile));
+        memcpy(longfile, "file:", 5);
+        longfile[sizeof(longfile) - 1] = 0;
+        bad(longfile);
+    }
     char longpath[200];
     memset(longpath, 'a', sizeof(longpath));
     memcpy(longpath, "unix:", 5);
