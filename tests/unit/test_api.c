@@ -283,6 +283,87 @@ static void test_argument_checks(void **state)
     assert_true(mfd_version_number() == MFD_VERSION_NUMBER);
 }
 
+/*
+ * The library's snapshot API: save with mfd_migrate(file:), restore into
+ * library-mapped memory (the device state with it), into the caller's
+ * blocks, a mismatched caller block refused; a second save overwrites the
+ * file in place; sessions are single-use.
+ */
+static void test_snapshot(void **state)
+{
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof(path), "file:/tmp/mfd-api-%d.snap", (int)getpid());
+    size_t len0 = 4u << 20, len1 = 3 * TS_PAGE;
+    uint8_t *a = ts_make_block(len0, 11, true), *b = ts_make_block(len1, 12, false);
+    static const char dev[] = "cpu registers and devices";
+
+    mfd_session *s = mfd_session_new();
+    mfd_set_param(s, MFD_PARAM_CHANNELS, 3);
+    assert_int_equal(mfd_add_block(s, "ram0", a, len0), 0);
+    assert_int_equal(mfd_add_block(s, "rom", b, len1), 0);
+    assert_int_equal(mfd_set_device_state(s, dev, sizeof(dev)), 0);
+    assert_int_equal(mfd_migrate(s, path), 0);
+    mfd_stats st;
+    mfd_get_stats(s, &st);
+    assert_int_equal(st.normal_pages + st.zero_pages, (len0 + len1) / TS_PAGE);
+    assert_int_equal(st.zero_pages, ts_zero_pages(a, len0) + ts_zero_pages(b, len1));
+    assert_int_equal(mfd_migrate(s, path), -MFD_ESTATE);
+    mfd_session_free(s);
+
+    /* Into library-mapped memory. */
+    mfd_session *r = mfd_session_new();
+    mfd_set_param(r, MFD_PARAM_CHANNELS, 2);
+    assert_int_equal(mfd_restore(r, path), 0);
+    uint8_t *const srcs[2] = {a, b};
+    const char *const names[2] = {"ram0", "rom"};
+    const size_t lens[2] = {len0, len1};
+    ts_compare_blocks(r, srcs, names, lens, 2);
+    const void *got;
+    size_t glen;
+    assert_int_equal(mfd_get_device_state(r, &got, &glen), 0);
+    assert_int_equal(glen, sizeof(dev));
+    assert_memory_equal(got, dev, sizeof(dev));
+    mfd_get_stats(r, &st);
+    assert_int_equal(st.normal_pages, (len0 + len1) / TS_PAGE -
+                                          ts_zero_pages(a, len0) -
+                                          ts_zero_pages(b, len1));
+    assert_int_equal(mfd_restore(r, path), -MFD_ESTATE);
+    mfd_session_free(r);
+
+    /* Into the caller's memory, as a VMM's; a mismatch is refused. */
+    uint8_t *d0 = ts_map_anon(len0), *d1 = ts_map_anon(len1);
+    r = mfd_session_new();
+    assert_int_equal(mfd_add_block(r, "ram0", d0, len0), 0);
+    assert_int_equal(mfd_add_block(r, "rom", d1, len1), 0);
+    assert_int_equal(mfd_restore(r, path), 0);
+    assert_memory_equal(d0, a, len0);
+    assert_memory_equal(d1, b, len1);
+    mfd_session_free(r);
+    r = mfd_session_new();
+    assert_int_equal(mfd_add_block(r, "ram0", d0, len0), 0);
+    assert_int_equal(mfd_add_block(r, "rom", d1, len1 - TS_PAGE), 0);
+    assert_int_equal(mfd_restore(r, path), -MFD_EREFUSED);
+    assert_non_null(strstr(mfd_last_error(r), "rom"));
+    mfd_session_free(r);
+
+    /* Not a file URI; compression refused for a snapshot. */
+    r = mfd_session_new();
+    assert_int_equal(mfd_restore(r, "unix:/tmp/x"), -MFD_EURI);
+    mfd_session_free(r);
+    s = mfd_session_new();
+    assert_int_equal(mfd_add_block(s, "ram0", a, len0), 0);
+    assert_int_equal(mfd_set_param_by_name(s, "multifd-compression", "zlib"), 0);
+    assert_int_equal(mfd_migrate(s, path), -MFD_EINVAL);
+    mfd_session_free(s);
+
+    unlink(path + 5);
+    munmap(a, len0);
+    munmap(b, len1);
+    munmap(d0, len0);
+    munmap(d1, len1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -292,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_cancel_source),
         cmocka_unit_test(test_cancel_destination),
         cmocka_unit_test(test_argument_checks),
+        cmocka_unit_test(test_snapshot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
