@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-qemu install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-qemu install clean
 
 all: build
 
@@ -54,6 +54,11 @@ bench-live: build
 # Compression methods and zero-copy: GB/s and ratio per content and channels.
 bench-methods: build
 	bash bench/methods.sh $(BUILD)/tools/multifd
+
+# Snapshot files: save/restore GB/s per channels and direct-io, against dd
+# (root: it drops the page cache before cold restores).
+bench-snapshot: build
+	bash bench/snapshot.sh $(BUILD)/tools/multifd
 
 # Side by side with QEMU 7.2 and 10.0.2 (fetched by the script); QUICK=1 for
 # the 1 GiB subset. Writes docs/benchmarks/qemu.md and qemu.png.

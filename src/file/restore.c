@@ -175,11 +175,15 @@ static int setup_blocks(mfd_session *s)
             MFD_STAT_ADD(s->ram_bytes, e->length);
         }
         b->pages = e->length / ps;
-        if (read_bitmap(s, (int)i) || (!have && mfd__map_block(s, b)))
+        if (read_bitmap(s, (int)i))
             return -1;
         f->unit_first[i] = f->units;
         f->units += (b->pages + s->ppp - 1) / s->ppp;
     }
+    /* Every byte of the file that says what to map is checked: map. */
+    for (uint32_t i = 0; i < h->block_count && !have; i++)
+        if (mfd__map_block(s, &s->blocks[i]))
+            return -1;
     return 0;
 }
 

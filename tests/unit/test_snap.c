@@ -204,13 +204,13 @@ static void roundtrip(uint32_t n, bool with_dev)
 {
     snap_fx f;
     fx_init(&f, n);
+    check_layout(&f, n);
     if (with_dev) {
         f.info.dev_offset = f.size;
         f.info.dev_len = 12345;
         f.size += 16384;
         fx_encode(&f);
     }
-    check_layout(&f, n);
     check_bytes(&f, n);
 
     mfd_snap_info d;
