@@ -268,6 +268,30 @@ typedef enum {
      * silent fallback. Default 0.
      */
     MFD_PARAM_DIRECT_IO = 123,
+    /*
+     * "x-colo": 1 = a COLO session (see "COLO"): on the source, the live
+     * migration turns into continuous checkpoints; on the destination, the
+     * session keeps a replica. Both sides must set it. Default 0.
+     */
+    MFD_PARAM_COLO = 124,
+    /* "checkpoint-interval": ms between checkpoint starts. Default 600. */
+    MFD_PARAM_CHECKPOINT_INTERVAL = 125,
+    /* "heartbeat-interval": ms between HEARTBEAT records. Default 100. */
+    MFD_PARAM_HEARTBEAT_INTERVAL = 126,
+    /*
+     * "heartbeat-timeout": ms of silence on the main channel after which
+     * the peer is lost: the secondary promotes its replica, the primary
+     * goes on unprotected. Default 2000.
+     */
+    MFD_PARAM_HEARTBEAT_TIMEOUT = 127,
+    /*
+     * "colo-staging": 1 = at a checkpoint, copy the dirty pages to a
+     * staging copy and resume the writers before the transfer (the Remus
+     * way; costs up to the blocks' size in memory for the copy); 0 = the
+     * writers stay paused through the transfer. Default 1 (shorter pauses:
+     * docs/colo.md has the numbers).
+     */
+    MFD_PARAM_COLO_STAGING = 128,
 } mfd_param;
 
 /* Values of MFD_PARAM_COMPRESSION. */
@@ -376,7 +400,10 @@ MFD_API int mfd_get_device_state(const mfd_session *s, const void **data,
 
 /** Number of blocks in the session (added, or received on a destination). */
 MFD_API int mfd_block_count(const mfd_session *s);
-/** Fills *info for block `index`. The memory stays valid until free. */
+/**
+ * Fills *info for block `index`. The memory stays valid until free. On a
+ * COLO secondary it is the replica (the last committed checkpoint).
+ */
 MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info);
 
 /* ------------------------------------------------------------------------ */
@@ -558,6 +585,77 @@ MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
 MFD_API int mfd_switchover(mfd_session *s);
 
 /* ------------------------------------------------------------------------ */
+/* COLO: continuous checkpoints to a hot standby                            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * With MFD_PARAM_COLO on both sides (PROTOCOL.md 4), mfd_migrate() on the
+ * primary first migrates live as usual (a dirty tracker is required), then
+ * does not end: it commits checkpoint 0 (the state just migrated), resumes
+ * the writers, and every checkpoint-interval ms pauses them, collects the
+ * dirty pages, and ships them with the device state (set from the pause
+ * callback with mfd_set_device_state) as a checkpoint, which the secondary
+ * acknowledges once committed. mfd_migrate() returns 0 after mfd_colo_stop()
+ * (COMPLETE and DONE end the session; the writers keep running), or a
+ * negative code when the secondary is lost (no heartbeat for
+ * heartbeat-timeout, or the connection failed): the writers are running
+ * then too - the primary goes on unprotected.
+ *
+ * The secondary's mfd_incoming() receives every checkpoint into a COLO
+ * cache, never into the replica; on the checkpoint's end it copies the
+ * pages the checkpoint recorded into the replica and acknowledges. It
+ * returns 0 when the primary ends the session, and also when the primary
+ * is lost after at least one committed checkpoint: the replica is then
+ * promoted (mfd_colo_state says which). mfd_block_get() gives the replica.
+ */
+
+/* What one checkpoint cost, for the primary's checkpoint callback. */
+typedef struct {
+    uint64_t id;          /* 1, 2, ... (0 is the initial migration) */
+    uint64_t pause_us;    /* writers paused: pause callback to resume */
+    uint64_t transfer_us; /* CHECKPOINT_BEGIN to CHECKPOINT_ACK */
+    uint64_t dirty_pages; /* pages the checkpoint carried */
+    uint64_t bytes;       /* data-channel bytes of the checkpoint */
+} mfd_checkpoint_info;
+
+typedef struct {
+    /* Primary: after each acknowledged checkpoint (migration thread). */
+    void (*checkpoint)(void *opaque, const mfd_checkpoint_info *c);
+    /* Primary: the secondary is lost; the writers keep running. */
+    void (*unprotected)(void *opaque, const char *reason);
+    /*
+     * Secondary: the replica is now checkpoint `id` (main thread; the
+     * replica may be read, not written, until the callback returns).
+     */
+    void (*committed)(void *opaque, uint64_t id);
+    /* Secondary: the primary is lost; the replica (checkpoint `id`) is yours. */
+    void (*promoted)(void *opaque, uint64_t id, const char *reason);
+} mfd_colo_ops;
+
+/** Sets the COLO callbacks; `ops` is copied. Before migrate / incoming. */
+MFD_API int mfd_set_colo_ops(mfd_session *s, const mfd_colo_ops *ops,
+                             void *opaque);
+/** Primary: take a checkpoint now rather than at the interval. Any thread. */
+MFD_API int mfd_colo_checkpoint(mfd_session *s);
+/**
+ * Primary: end the COLO session after the checkpoint in progress (COMPLETE,
+ * DONE); mfd_migrate() then returns 0. Any thread.
+ */
+MFD_API int mfd_colo_stop(mfd_session *s);
+
+typedef enum {
+    MFD_COLO_OFF = 0,         /* not a COLO session */
+    MFD_COLO_MIGRATING = 1,   /* the initial live migration */
+    MFD_COLO_PROTECTED = 2,   /* checkpoints running */
+    MFD_COLO_UNPROTECTED = 3, /* primary: the secondary was lost */
+    MFD_COLO_PROMOTED = 4,    /* secondary: the replica was promoted */
+    MFD_COLO_STOPPED = 5,     /* the primary ended the session */
+} mfd_colo_state;
+
+/** The session's COLO state. */
+MFD_API mfd_colo_state mfd_colo_state_get(const mfd_session *s);
+
+/* ------------------------------------------------------------------------ */
 /* Statistics                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -619,6 +717,11 @@ typedef struct {
 #define MFD_PASS_STATS 64
     uint64_t pass_bytes[MFD_PASS_STATS]; /* data bytes of pass i+1 */
     uint64_t pass_pages[MFD_PASS_STATS]; /* pages sent in pass i+1 */
+    /* COLO: checkpoints acknowledged (primary) or committed (secondary),
+     * and the last one's id. */
+    uint64_t colo_checkpoints;
+    uint64_t colo_last_id;
+    int colo_state; /* mfd_colo_state */
     mfd_channel_stats channel[MFD_MAX_CHANNELS];
 } mfd_stats;
 

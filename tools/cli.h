@@ -105,6 +105,7 @@ int dest_child_finish(dest_child *d, uint64_t *digests, int n, char *err,
                       size_t errlen);
 
 int cmd_demo(int argc, char **argv);
+int cmd_colo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 
 #endif

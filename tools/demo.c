@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -762,5 +763,470 @@ int cmd_demo(int argc, char **argv)
     munmap(guest, size);
     if (g_table)
         munmap(g_table, pages * sizeof(*g_table));
+    return bad;
+}
+
+/* ---- colo -------------------------------------------------------------- */
+
+/*
+ * `multifd colo`: three processes. The secondary (a child) keeps the
+ * replica; the primary (another child) runs the guest and its writers and
+ * takes checkpoints; this process waits for both and reads what they
+ * wrote into a shared table: per checkpoint the primary's digest of its
+ * memory at the pause and the secondary's digest of its replica after the
+ * commit, and the checkpoint's costs.
+ */
+typedef struct {
+    uint64_t prim, sec; /* XXH3-64 of the guest at the pause / the replica */
+    uint64_t pause_us, transfer_us, dirty, bytes;
+} colo_ck;
+
+typedef struct {
+    uint64_t max;            /* entries in ck[] */
+    uint64_t pauses;         /* primary: pause callbacks so far */
+    uint64_t acked;          /* primary: checkpoints acknowledged (id >= 1) */
+    int64_t last_committed;  /* secondary */
+    int64_t promoted_id;     /* secondary: -1 until promoted */
+    uint64_t promoted_digest;
+    uint64_t mismatches, first_bad;
+    int unprotected;         /* primary: the secondary was lost */
+    uint64_t detect_ms;      /* last ACK to the primary noticing */
+    uint64_t last_ack_us;
+    int writers_ran, intact; /* primary, after losing the secondary */
+    colo_ck ck[];
+} colo_table;
+
+typedef struct {
+    colo_table *t;
+    writers *w;
+    mfd_session *s;
+    uint8_t *guest;
+    uint64_t size;
+    bool verify;
+    uint64_t checkpoints, duration_ms, kill_primary, kill_secondary;
+    uint64_t t0;
+} colo_ctx;
+
+static colo_ctx g_colo;
+
+static void colo_pause(void *opaque)
+{
+    writers_pause(opaque);
+    colo_table *t = g_colo.t;
+    uint64_t id = t->pauses++;
+    if (g_colo.verify && id < t->max)
+        t->ck[id].prim = XXH3_64bits(g_colo.guest, g_colo.size);
+}
+
+/* Called after a checkpoint's pages went out, before its END. */
+static void colo_pass(void *opaque, const mfd_pass_info *p)
+{
+    (void)opaque;
+    (void)p;
+    if (g_colo.kill_primary &&
+        mfd_colo_state_get(g_colo.s) == MFD_COLO_PROTECTED &&
+        g_colo.t->pauses - 1 == g_colo.kill_primary + 1) {
+        printf("multifd colo: primary: killing itself in the middle of "
+               "checkpoint %" PRIu64 " (pages sent, no CHECKPOINT_END)\n",
+               g_colo.kill_primary + 1);
+        fflush(stdout);
+        raise(SIGKILL);
+    }
+}
+
+static void colo_checkpoint_cb(void *opaque, const mfd_checkpoint_info *c)
+{
+    (void)opaque;
+    colo_table *t = g_colo.t;
+    if (c->id < t->max) {
+        t->ck[c->id].pause_us = c->pause_us;
+        t->ck[c->id].transfer_us = c->transfer_us;
+        t->ck[c->id].dirty = c->dirty_pages;
+        t->ck[c->id].bytes = c->bytes;
+    }
+    t->acked = c->id;
+    t->last_ack_us = now_us();
+    printf("  checkpoint %" PRIu64 ": pause %.2f ms, transfer %.2f ms, %" PRIu64
+           " dirty pages, %.1f MiB\n",
+           c->id, c->pause_us / 1e3, c->transfer_us / 1e3, c->dirty_pages,
+           c->bytes / 1048576.0);
+    fflush(stdout);
+    bool done = (g_colo.checkpoints && c->id >= g_colo.checkpoints) ||
+                (g_colo.duration_ms &&
+                 now_us() - g_colo.t0 >= g_colo.duration_ms * 1000);
+    if (done && !g_colo.kill_primary && !g_colo.kill_secondary)
+        mfd_colo_stop(g_colo.s);
+}
+
+static void colo_unprotected_cb(void *opaque, const char *reason)
+{
+    (void)opaque;
+    colo_table *t = g_colo.t;
+    t->unprotected = 1;
+    t->detect_ms = (now_us() - t->last_ack_us) / 1000;
+    printf("multifd colo: primary: secondary lost %" PRIu64 " ms after the "
+           "last acknowledged checkpoint: %s\n",
+           t->detect_ms, reason);
+    fflush(stdout);
+}
+
+static uint64_t replica_digest(mfd_session *s)
+{
+    mfd_block_info b;
+    if (mfd_block_get(s, 0, &b))
+        return 0;
+    return XXH3_64bits(b.host, b.length);
+}
+
+static void colo_committed_cb(void *opaque, uint64_t id)
+{
+    mfd_session *s = opaque;
+    colo_table *t = g_colo.t;
+    t->last_committed = (int64_t)id;
+    if (g_colo.verify && id < t->max) {
+        t->ck[id].sec = replica_digest(s);
+        if (t->ck[id].sec != t->ck[id].prim && !t->mismatches++)
+            t->first_bad = id;
+    }
+    if (g_colo.kill_secondary && id == g_colo.kill_secondary)
+        raise(SIGKILL);
+}
+
+static void colo_promoted_cb(void *opaque, uint64_t id, const char *reason)
+{
+    mfd_session *s = opaque;
+    colo_table *t = g_colo.t;
+    t->promoted_digest = replica_digest(s);
+    t->promoted_id = (int64_t)id;
+    printf("multifd colo: secondary: primary lost (%s); promoted the replica "
+           "of checkpoint %" PRIu64 "\n",
+           reason, id);
+    fflush(stdout);
+}
+
+static int colo_secondary(int wfd, const char *hb_interval,
+                          const char *hb_timeout)
+{
+    mfd_session *s = mfd_session_new();
+    mfd_colo_ops ops = {.committed = colo_committed_cb,
+                        .promoted = colo_promoted_cb};
+    if (!s || mfd_set_param(s, MFD_PARAM_COLO, 1) ||
+        mfd_set_param_by_name(s, "heartbeat-interval", hb_interval) ||
+        mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout) ||
+        mfd_set_colo_ops(s, &ops, s) || mfd_listen(s, "tcp:127.0.0.1:0")) {
+        fprintf(stderr, "multifd colo: secondary: %s\n",
+                s ? mfd_last_error(s) : "out of memory");
+        return 1;
+    }
+    mfd_set_log(s, NULL, NULL);
+    dprintf(wfd, "%s\n", mfd_listen_uri(s));
+    close(wfd);
+    int rc = mfd_incoming(s);
+    if (rc)
+        fprintf(stderr, "multifd colo: secondary: error: %s\n",
+                mfd_last_error(s));
+    mfd_session_free(s);
+    return rc ? 1 : 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Mean and p99 of ck[1..n].field (microseconds) in ms. */
+static void colo_summary(FILE *out, const colo_table *t, uint64_t n,
+                         size_t field, const char *what)
+{
+    uint64_t *v = calloc(n ? n : 1, sizeof(*v));
+    double sum = 0;
+    for (uint64_t i = 0; v && i < n; i++) {
+        v[i] = *(const uint64_t *)((const uint8_t *)&t->ck[i + 1] + field);
+        sum += (double)v[i];
+    }
+    if (!v || !n) {
+        free(v);
+        return;
+    }
+    qsort(v, n, sizeof(*v), cmp_u64);
+    uint64_t p99 = v[(n * 99 + 99) / 100 - 1 < n ? (n * 99 + 99) / 100 - 1 : n - 1];
+    fprintf(out, "  %-9s mean %7.2f ms   p99 %7.2f ms   max %7.2f ms\n", what,
+            sum / (double)n / 1e3, p99 / 1e3, v[n - 1] / 1e3);
+    free(v);
+}
+
+static const char colo_usage[] =
+    "usage: multifd colo [options]\n"
+    "\n"
+    "COLO replication (continuous checkpoints) of a synthetic guest whose\n"
+    "writers keep running: a secondary process keeps a replica, the primary\n"
+    "process checkpoints every --checkpoint-interval ms. Prints each\n"
+    "checkpoint's pause and transfer times, dirty pages and bytes, and at\n"
+    "the end mean and p99. With --verify the replica is compared with the\n"
+    "primary's memory at every checkpoint's pause (XXH3-64 of the guest).\n"
+    "\n"
+    "options:\n"
+    "  --size S                  guest size (default 256M)\n"
+    "  --writers N               writer threads (default 2)\n"
+    "  --dirty-rate RATE         bytes/s all writers together (default 64M)\n"
+    "  --dirty-tracker T         uffd-wp (default) | manual\n"
+    "  --channels N              multifd-channels (default 4)\n"
+    "  --checkpoints N           stop after N checkpoints (default 20)\n"
+    "  --duration S              or after S seconds\n"
+    "  --checkpoint-interval MS  (default 600)\n"
+    "  --heartbeat-interval MS   (default 100)\n"
+    "  --heartbeat-timeout MS    (default 2000)\n"
+    "  --colo-staging on|off     copy dirty pages and resume before the\n"
+    "                            transfer (default on)\n"
+    "  --verify                  compare replica and primary at every\n"
+    "                            checkpoint\n"
+    "  --kill-primary-after N    kill the primary in the middle of checkpoint\n"
+    "                            N+1; the secondary must promote checkpoint N\n"
+    "  --kill-secondary-after N  kill the secondary after committing\n"
+    "                            checkpoint N; the primary must go on\n"
+    "  -h, --help                this text\n";
+
+int cmd_colo(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"size", required_argument, 0, 's'},
+        {"writers", required_argument, 0, 'w'},
+        {"dirty-rate", required_argument, 0, 'd'},
+        {"dirty-tracker", required_argument, 0, 'T'},
+        {"channels", required_argument, 0, 'c'},
+        {"checkpoints", required_argument, 0, 'n'},
+        {"duration", required_argument, 0, 'D'},
+        {"checkpoint-interval", required_argument, 0, 'i'},
+        {"heartbeat-interval", required_argument, 0, 'H'},
+        {"heartbeat-timeout", required_argument, 0, 'O'},
+        {"colo-staging", required_argument, 0, 'S'},
+        {"verify", no_argument, 0, 'v'},
+        {"kill-primary-after", required_argument, 0, 'K'},
+        {"kill-secondary-after", required_argument, 0, 'k'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    uint64_t size = UINT64_C(256) << 20, rate = UINT64_C(64) << 20;
+    const char *tracker = "uffd-wp", *channels = "4", *interval = "600",
+               *hb_interval = "100", *hb_timeout = "2000", *staging = "on";
+    long nwriters = 2;
+    colo_ctx *g = &g_colo;
+    memset(g, 0, sizeof(*g));
+    g->checkpoints = 20;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        char *end = NULL;
+        bool bad = false;
+        switch (c) {
+        case 's': bad = !cli_parse_size(optarg, &size) || size < (4u << 20); break;
+        case 'w': nwriters = strtol(optarg, &end, 10); bad = *end || nwriters < 0 || nwriters > 64; break;
+        case 'd': bad = !cli_parse_size(optarg, &rate); break;
+        case 'T': tracker = optarg; break;
+        case 'c': channels = optarg; break;
+        case 'n': g->checkpoints = strtoull(optarg, &end, 10); bad = *end; g->duration_ms = 0; break;
+        case 'D': g->duration_ms = strtoull(optarg, &end, 10) * 1000; bad = *end; g->checkpoints = 0; break;
+        case 'i': interval = optarg; break;
+        case 'H': hb_interval = optarg; break;
+        case 'O': hb_timeout = optarg; break;
+        case 'S': staging = optarg; break;
+        case 'v': g->verify = true; break;
+        case 'K': g->kill_primary = strtoull(optarg, &end, 10); bad = *end || !g->kill_primary; break;
+        case 'k': g->kill_secondary = strtoull(optarg, &end, 10); bad = *end || !g->kill_secondary; break;
+        case 'h': fputs(colo_usage, stdout); return 0;
+        default: bad = true;
+        }
+        if (bad) {
+            fprintf(stderr, "multifd colo: bad option or value\n%s", colo_usage);
+            return 2;
+        }
+    }
+    if (strcmp(staging, "on") && strcmp(staging, "off")) {
+        fprintf(stderr, "multifd colo: --colo-staging: on or off\n");
+        return 2;
+    }
+    size &= ~(uint64_t)4095;
+    uint64_t max = (g->checkpoints ? g->checkpoints : 100000) + 4;
+    if (g->kill_primary && g->kill_primary + 4 > max)
+        max = g->kill_primary + 4;
+    if (g->kill_secondary && g->kill_secondary + 4 > max)
+        max = g->kill_secondary + 4;
+    size_t tlen = sizeof(colo_table) + max * sizeof(colo_ck);
+    colo_table *t = mmap(NULL, tlen, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED) {
+        fprintf(stderr, "multifd colo: error: mmap: %s\n", strerror(errno));
+        return 1;
+    }
+    t->max = max;
+    t->last_committed = t->promoted_id = -1;
+    g->t = t;
+    fflush(stdout);
+
+    /* The secondary, then the primary: both forked before any thread. */
+    int pfd[2];
+    if (pipe(pfd)) {
+        fprintf(stderr, "multifd colo: error: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t sec = fork();
+    if (sec == 0) {
+        close(pfd[0]);
+        _exit(colo_secondary(pfd[1], hb_interval, hb_timeout));
+    }
+    close(pfd[1]);
+    char uri[320] = "";
+    FILE *rf = fdopen(pfd[0], "r");
+    if (sec < 0 || !rf || !fgets(uri, sizeof(uri), rf)) {
+        fprintf(stderr, "multifd colo: error: the secondary did not start\n");
+        if (sec > 0)
+            kill(sec, SIGKILL);
+        return 1;
+    }
+    fclose(rf);
+    uri[strcspn(uri, "\n")] = 0;
+    printf("multifd colo: secondary process %d on %s; %.0f MiB guest, %ld "
+           "writer(s) at %.0f MiB/s, %s channels, checkpoint every %s ms, "
+           "staging %s\n",
+           (int)sec, uri, size / 1048576.0, nwriters, rate / 1048576.0,
+           channels, interval, staging);
+    fflush(stdout);
+
+    pid_t prim = fork();
+    if (prim == 0) {
+        uint8_t *guest = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                              0);
+        mfd_session *s = mfd_session_new();
+        if (guest == MAP_FAILED || !s)
+            _exit(1);
+        guest_fill(guest, size, GUEST_MIXED, 7);
+        guest_stamp_all(guest, size);
+        writers w = {.guest = guest,
+                     .pages = size / 4096,
+                     .ram_pages = size / 4096,
+                     .rate = nwriters ? rate / (uint64_t)nwriters : 0,
+                     .s = s,
+                     .manual = !strcmp(tracker, "manual"),
+                     .nwriters = (int)nwriters,
+                     .lock = PTHREAD_MUTEX_INITIALIZER,
+                     .cond = PTHREAD_COND_INITIALIZER};
+        g->w = &w;
+        g->s = s;
+        g->guest = guest;
+        g->size = size;
+        mfd_live_ops lops = {.pause = colo_pause,
+                             .resume = writers_resume,
+                             .progress = colo_pass};
+        mfd_colo_ops cops = {.checkpoint = colo_checkpoint_cb,
+                             .unprotected = colo_unprotected_cb};
+        mfd_set_log(s, NULL, NULL);
+        if (mfd_set_param(s, MFD_PARAM_COLO, 1) ||
+            mfd_set_param_by_name(s, "multifd-channels", channels) ||
+            mfd_set_param_by_name(s, "dirty-tracker", tracker) ||
+            mfd_set_param_by_name(s, "checkpoint-interval", interval) ||
+            mfd_set_param_by_name(s, "heartbeat-interval", hb_interval) ||
+            mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout) ||
+            mfd_set_param_by_name(s, "colo-staging", staging) ||
+            mfd_set_live_ops(s, &lops, &w) ||
+            mfd_set_colo_ops(s, &cops, NULL) ||
+            mfd_add_block(s, "pc.ram", guest, size)) {
+            fprintf(stderr, "multifd colo: primary: %s\n", mfd_last_error(s));
+            _exit(1);
+        }
+        writer_arg *wa = calloc((size_t)MFD_DEMO_MAX(nwriters, 1), sizeof(*wa));
+        for (long i = 0; wa && i < nwriters; i++) {
+            wa[i] = (writer_arg){&w, (int)i, 0};
+            pthread_create(&wa[i].thread, NULL, writer_main, &wa[i]);
+        }
+        g->t0 = now_us();
+        int rc = mfd_migrate(s, uri);
+        if (rc && !t->unprotected)
+            fprintf(stderr, "multifd colo: primary: error: %s\n",
+                    mfd_last_error(s));
+        if (t->unprotected) {
+            /* The writers must be running, the memory untouched. */
+            uint64_t before = __atomic_load_n(&w.writes, __ATOMIC_RELAXED);
+            struct timespec ts = {0, 300 * 1000000L};
+            nanosleep(&ts, NULL);
+            t->writers_ran = __atomic_load_n(&w.writes, __ATOMIC_RELAXED) > before;
+        }
+        pthread_mutex_lock(&w.lock);
+        __atomic_store_n(&w.stop, true, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&w.cond);
+        pthread_mutex_unlock(&w.lock);
+        for (long i = 0; wa && i < nwriters; i++)
+            pthread_join(wa[i].thread, NULL);
+        uint64_t torn = 0, counter;
+        for (uint64_t i = 0; i < size / 4096; i++)
+            torn += guest_page_check(guest + i * 4096, i, &counter) != 0;
+        t->intact = torn == 0;
+        mfd_session_free(s);
+        _exit(rc && !t->unprotected ? 1 : 0);
+    }
+    int st_prim = 0, st_sec = 0;
+    if (prim > 0)
+        waitpid(prim, &st_prim, 0);
+    /* The secondary exits on its own: stopped, promoted, killed or failed. */
+    waitpid(sec, &st_sec, 0);
+
+    /* The verdict. */
+    int bad = 0;
+    uint64_t n = t->acked;
+    printf("multifd colo: %" PRIu64 " checkpoints acknowledged, %" PRId64
+           " committed last\n",
+           n, t->last_committed);
+    colo_summary(stdout, t, n, offsetof(colo_ck, pause_us), "pause");
+    colo_summary(stdout, t, n, offsetof(colo_ck, transfer_us), "transfer");
+    if (g->verify) {
+        if (t->mismatches) {
+            printf("multifd colo: error: %" PRIu64 " checkpoint(s) committed a "
+                   "replica different from the primary at the pause (first: "
+                   "%" PRIu64 ")\n",
+                   t->mismatches, t->first_bad);
+            bad = 1;
+        } else {
+            printf("multifd colo: verified: after each of checkpoints 0..%"
+                   PRId64 " the replica equalled the primary's memory at the "
+                   "pause (XXH3-64)\n",
+                   t->last_committed);
+        }
+    }
+    if (g->kill_primary) {
+        bool killed = WIFSIGNALED(st_prim) && WTERMSIG(st_prim) == SIGKILL;
+        bool ok = killed && t->promoted_id == (int64_t)g->kill_primary &&
+                  WIFEXITED(st_sec) && !WEXITSTATUS(st_sec) &&
+                  (!g->verify ||
+                   t->promoted_digest == t->ck[g->kill_primary].prim);
+        printf("multifd colo: failover: primary %s, secondary promoted "
+               "checkpoint %" PRId64 " (expected %" PRIu64 ")%s: %s\n",
+               killed ? "killed" : "NOT killed", t->promoted_id,
+               g->kill_primary,
+               g->verify ? ", replica compared with the primary's memory at "
+                           "that checkpoint"
+                         : "",
+               ok ? "ok" : "FAILED");
+        bad |= !ok;
+    } else if (g->kill_secondary) {
+        bool ok = t->unprotected && t->writers_ran && t->intact &&
+                  WIFEXITED(st_prim) && !WEXITSTATUS(st_prim);
+        printf("multifd colo: secondary killed after checkpoint %" PRIu64
+               ": primary %s in %" PRIu64 " ms, writers %s, memory %s: %s\n",
+               g->kill_secondary,
+               t->unprotected ? "went on unprotected" : "did NOT notice",
+               t->detect_ms, t->writers_ran ? "running" : "NOT running",
+               t->intact ? "intact" : "DAMAGED", ok ? "ok" : "FAILED");
+        bad |= !ok;
+    } else {
+        bool ok = WIFEXITED(st_prim) && !WEXITSTATUS(st_prim) &&
+                  WIFEXITED(st_sec) && !WEXITSTATUS(st_sec) && t->intact;
+        if (!ok)
+            printf("multifd colo: error: primary status %d, secondary status "
+                   "%d\n",
+                   st_prim, st_sec);
+        bad |= !ok;
+    }
+    munmap(t, tlen);
     return bad;
 }

@@ -814,6 +814,7 @@ static const char main_usage[] =
     "  save     save files as RAM blocks to a snapshot file (file:PATH)\n"
     "  restore  restore a snapshot file into files or anonymous memory\n"
     "  demo     a verified migration of a synthetic 1 GiB guest on loopback\n"
+    "  colo     COLO checkpoint replication of a running synthetic guest\n"
     "  bench    measure migration throughput against reference figures\n"
     "\n"
     "Run 'multifd COMMAND --help' for the options of a command.\n";
@@ -843,6 +844,8 @@ int main(int argc, char **argv)
         return cmd_restore(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo"))
         return cmd_demo(argc - 1, argv + 1);
+    if (!strcmp(cmd, "colo"))
+        return cmd_colo(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "multifd: unknown command '%s'\n%s", cmd, main_usage);

@@ -92,6 +92,12 @@ MFD_API mfd_session *mfd_session_new(void)
     s->zstd_level = 1;
     s->lz4_accel = 1;
     s->accept_compression = 0xF; /* every method built in */
+    s->ckpt_interval = 600;
+    s->hb_interval = 100;
+    s->hb_timeout = 2000;
+    s->colo_staging = 1;
+    pthread_mutex_init(&s->main_wlock, NULL);
+    pthread_cond_init(&s->hb_cond, NULL);
     pthread_mutex_init(&s->rl_lock, NULL);
     s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
@@ -117,6 +123,13 @@ static void free_blocks(mfd_session *s)
         free(b->receivedmap);
         free(b->dirty);
         free(b->marked);
+        if (b->shadow)
+            munmap(b->shadow, b->length);
+        if (b->replica)
+            munmap(b->replica, b->length);
+        free(b->ckpt_map);
+        free(b->ckpt_zero);
+        free(b->replica_map);
         free(b->name);
     }
     free(s->blocks);
@@ -156,6 +169,9 @@ MFD_API void mfd_session_free(mfd_session *s)
     free(s->files);
     if (!s->device_state_borrowed)
         free(s->device_state);
+    free(s->colo_dev);
+    pthread_mutex_destroy(&s->main_wlock);
+    pthread_cond_destroy(&s->hb_cond);
     pthread_mutex_destroy(&s->err_lock);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
@@ -375,6 +391,14 @@ static const param_desc params[] = {
      PF(accept_compression)},
     {MFD_PARAM_ZERO_COPY_SEND, "zero-copy-send", 0, 1, PF(zero_copy_send)},
     {MFD_PARAM_DIRECT_IO, "direct-io", 0, 1, PF(direct_io)},
+    {MFD_PARAM_COLO, "x-colo", 0, 1, PF(colo)},
+    {MFD_PARAM_CHECKPOINT_INTERVAL, "checkpoint-interval", 1, 3600000,
+     PF(ckpt_interval)},
+    {MFD_PARAM_HEARTBEAT_INTERVAL, "heartbeat-interval", 1, 60000,
+     PF(hb_interval)},
+    {MFD_PARAM_HEARTBEAT_TIMEOUT, "heartbeat-timeout", 1, 3600000,
+     PF(hb_timeout)},
+    {MFD_PARAM_COLO_STAGING, "colo-staging", 0, 1, PF(colo_staging)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };
@@ -684,7 +708,8 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
     if (index < 0 || index >= s->nblocks)
         return -MFD_EINVAL;
     info->name = s->blocks[index].name;
-    info->host = s->blocks[index].host;
+    info->host = s->blocks[index].replica ? s->blocks[index].replica
+                                          : s->blocks[index].host;
     info->length = s->blocks[index].length;
     return 0;
 }
@@ -702,7 +727,11 @@ int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
         {(void *)body, len},
         {(void *)pad, mfd__record_padded(len) - len},
     };
+    pthread_mutex_lock(&s->main_wlock);
     int rc = mfd__writev_full(s->main_fd, iov, 3);
+    int e = errno;
+    pthread_mutex_unlock(&s->main_wlock);
+    errno = e;
     if (rc == MFD_IO_OK)
         MFD_STAT_ADD(s->main_bytes, 8 + mfd__record_padded(len));
     return rc;
@@ -839,6 +868,9 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
     st->downtime_us = MFD_STAT_GET(s->downtime_us);
     st->throttle_pct = MFD_STAT_GET(s->throttle_pct);
     st->progress_pct = MFD_STAT_GET(s->progress_pct);
+    st->colo_checkpoints = MFD_STAT_GET(s->colo_ckpts);
+    st->colo_last_id = MFD_STAT_GET(s->colo_last_id);
+    st->colo_state = MFD_STAT_GET(s->colo_state);
     for (int i = 0; i < MFD_PASS_STATS; i++) {
         st->pass_bytes[i] = MFD_STAT_GET(s->pass_bytes[i]);
         st->pass_pages[i] = MFD_STAT_GET(s->pass_pages[i]);

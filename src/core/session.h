@@ -53,6 +53,20 @@ typedef struct mfd_block {
     int fd;      /* destination file (MFD_PLACE_PWRITE), else -1 */
     /* Source: pages to send in the current or next pass. */
     uint64_t *dirty;
+    /*
+     * Source: where the channel threads read pages: host, or during a COLO
+     * checkpoint with staging the staging copy `shadow` (same offsets).
+     */
+    uint8_t *src;
+    uint8_t *shadow;
+    /*
+     * COLO secondary: host is the COLO cache the channels write into;
+     * replica the committed memory; ckpt_map the pages the current
+     * checkpoint carried, ckpt_zero those of them it carried as zero;
+     * replica_map the replica's pages that hold data.
+     */
+    uint8_t *replica;
+    uint64_t *ckpt_map, *ckpt_zero, *replica_map;
     /* Source, manual tracker: pages marked by mfd_mark_dirty (atomic). */
     uint64_t *marked;
 } mfd_block;
@@ -157,6 +171,13 @@ struct mfd_session {
     int64_t accept_compression; /* destination: bit per MFD_COMPRESSION_* */
     int64_t zero_copy_send;
     int64_t direct_io;
+    int64_t colo;
+    int64_t ckpt_interval;
+    int64_t hb_interval;
+    int64_t hb_timeout;
+    int64_t colo_staging;
+    mfd_colo_ops colo_ops;
+    void *colo_opaque;
     mfd_live_ops live;
     void *live_opaque;
     char *incoming_dir;
@@ -188,6 +209,24 @@ struct mfd_session {
     bool err_from_peer; /* the peer told us; do not answer with ERROR */
     int failed;         /* atomic flag */
     char err_msg[1024];
+
+    /* Serialises main-channel writers (COLO: heartbeats on their thread). */
+    pthread_mutex_t main_wlock;
+
+    /* COLO (src/colo/): state, requests, acknowledgements, heartbeats. */
+    int colo_state;           /* atomic: mfd_colo_state */
+    int colo_stop, colo_now;  /* atomic: mfd_colo_stop / _checkpoint */
+    uint64_t colo_ckpts;      /* acknowledged / committed */
+    uint64_t colo_last_id;
+    uint64_t colo_acked;      /* primary: last CHECKPOINT_ACK + 1 (s->lock) */
+    uint64_t colo_sent;       /* primary: last CHECKPOINT_END + 1 (s->lock) */
+    bool colo_in_ckpt;        /* secondary: between BEGIN and END */
+    uint64_t colo_next_id;    /* secondary: the id BEGIN must carry */
+    uint8_t *colo_dev;        /* secondary: the committed device state */
+    uint64_t colo_dev_len;
+    pthread_t hb_thread;
+    bool hb_started, hb_quit; /* hb_quit under s->lock */
+    pthread_cond_t hb_cond;
 
     /* Snapshot file (file: URI): the file room's state, else NULL. */
     struct mfd_snap *snap;

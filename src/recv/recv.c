@@ -27,6 +27,7 @@
 #include <xxhash.h>
 
 #include "common/util.h"
+#include "colo/colo.h"
 #include "core/session.h"
 #include "method/method.h"
 #include "protocol/crc32c.h"
@@ -285,6 +286,9 @@ static int recv_one(mfd_recv_chan *ch)
     for (uint32_t i = h.normal; i < count; i++)
         apply_zero_page(b, mfd__get_be64(ch->packet + MFD_PKT_OFFSETS + 8 * i),
                         ps);
+    for (uint32_t i = 0; b && b->ckpt_map && i < count; i++)
+        mfd__colo_record(b, mfd__get_be64(offs + 8 * (size_t)i) / ps,
+                         i >= h.normal);
 
     MFD_STAT_ADD(ch->st.packets, 1);
     MFD_STAT_ADD(ch->st.normal_pages, h.normal);
@@ -662,7 +666,8 @@ static int read_setup(mfd_session *s)
     MFD_STAT_SET(s->channels, h.channels);
     s->zpd = h.zero_page_detection;
     s->method = h.method;
-    s->features = h.features & (MFD_FEAT_CRC | MFD_FEAT_VERIFY);
+    s->features = h.features & (MFD_FEAT_CRC | MFD_FEAT_VERIFY |
+                                (s->colo ? MFD_FEAT_COLO : 0));
 
     bool have = s->blocks_from_caller;
     if (have && s->nblocks != (int)h.block_count)
@@ -747,6 +752,8 @@ static int read_setup(mfd_session *s)
         if (!have && mfd__map_block(s, b))
             return -1;
     }
+    if ((s->features & MFD_FEAT_COLO) && mfd__colo_secondary_setup(s))
+        return -1;
 
     uint8_t ready[8];
     mfd__put_be64(ready, s->features);
@@ -869,8 +876,12 @@ static int on_zero_pages(mfd_session *s, const uint8_t *body, uint32_t len)
                              " beyond block '%s' (length 0x%" PRIx64 ")",
                              off, b->name, b->length);
     }
-    for (uint32_t i = 0; i < count; i++)
-        apply_zero_page(b, mfd__get_be64(body + 8 + 8 * (size_t)i), ps);
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t off = mfd__get_be64(body + 8 + 8 * (size_t)i);
+        apply_zero_page(b, off, ps);
+        if (b->ckpt_map)
+            mfd__colo_record(b, off / ps, true);
+    }
     MFD_STAT_ADD(s->legacy_zero_pages, count);
     return 0;
 }
@@ -1013,18 +1024,25 @@ static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
     bool pass_record = type == MFD_REC_ZERO_PAGES ||
                        type == MFD_REC_ITERATION_END ||
                        type == MFD_REC_DEVICE_STATE;
-    bool end_record = type == MFD_REC_DIGESTS || type == MFD_REC_COMPLETE;
+    bool end_record = type == MFD_REC_DIGESTS || type == MFD_REC_COMPLETE ||
+                      type == MFD_REC_CHECKPOINT_END;
+    if (s->colo_in_ckpt && type == MFD_REC_COMPLETE)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: COMPLETE inside checkpoint %" PRIu64,
+                         s->colo_next_id);
     if (pass_record && s->device_state_done)
         return mfd__fail(s, MFD_EPROTO,
                          "main channel: record type 0x%x after the last "
                          "DEVICE_STATE chunk",
                          type);
+    const char *end_name = type == MFD_REC_DIGESTS    ? "DIGESTS"
+                           : type == MFD_REC_COMPLETE ? "COMPLETE"
+                                                      : "CHECKPOINT_END";
     if (end_record && !s->device_state_done)
         return mfd__fail(s, MFD_EPROTO,
                          "main channel: %s before the last DEVICE_STATE chunk",
-                         type == MFD_REC_DIGESTS ? "DIGESTS" : "COMPLETE");
-    if (end_record &&
-        channels_parked(s, type == MFD_REC_DIGESTS ? "DIGESTS" : "COMPLETE"))
+                         end_name);
+    if (end_record && channels_parked(s, end_name))
         return -1;
     switch (type) {
     case MFD_REC_ZERO_PAGES:
@@ -1037,6 +1055,10 @@ static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
         return on_digests(s, body, len);
     case MFD_REC_COMPLETE:
         return on_complete(s, body, len) ? -1 : 1;
+    case MFD_REC_CHECKPOINT_BEGIN:
+        return mfd__colo_begin(s, body, len);
+    case MFD_REC_CHECKPOINT_END:
+        return mfd__colo_end(s, body, len);
     case MFD_REC_CANCEL:
         return mfd__fail_peer(s, MFD_ECANCELED,
                               "source cancelled the migration: %.*s",
@@ -1065,12 +1087,19 @@ static int main_loop(mfd_session *s)
         {.fd = s->listen_fd, .events = POLLIN},
         {.fd = s->wake_fd, .events = POLLIN},
     };
+    /* COLO: the primary's heartbeats keep the main channel busy. */
+    bool colo = s->features & MFD_FEAT_COLO;
     for (;;) {
-        int rc = poll(p, 3, -1);
+        int rc = poll(p, 3, colo ? (int)s->hb_timeout : -1);
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0)
             return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
+        if (rc == 0)
+            return mfd__fail(s, MFD_ETIMEDOUT,
+                             "COLO: primary lost: nothing from it for %" PRId64
+                             " ms (heartbeat-timeout)",
+                             s->hb_timeout);
         if (mfd__failed(s))
             return -1;
         if (p[1].revents & POLLIN) {
@@ -1178,6 +1207,8 @@ int mfd__incoming(mfd_session *s)
     int rc = mfd__failed(s) ? -1 : accept_main(s);
     if (!rc)
         rc = read_setup(s);
+    if (!rc && (s->features & MFD_FEAT_COLO))
+        rc = mfd__colo_hb_start(s);
     if (!rc)
         rc = accept_channels(s);
     if (!rc) {
@@ -1201,7 +1232,25 @@ int mfd__incoming(mfd_session *s)
     for (uint32_t i = 0; s->rc && i < s->nchan; i++)
         if (s->rc[i].fd >= 0)
             shutdown(s->rc[i].fd, SHUT_RDWR);
+    mfd__colo_hb_stop(s);
 
+    if ((rc || mfd__failed(s)) && mfd__colo_can_promote(s)) {
+        /* The primary is lost: the replica (last commit) is the embedder's. */
+        if (s->main_fd >= 0)
+            shutdown(s->main_fd, SHUT_RDWR);
+        mfd__session_release_runtime(s);
+        mfd__placement_done(s);
+        mfd__colo_finish(s, MFD_COLO_PROMOTED);
+        mfd__log(s, "COLO: primary lost (%s): replica of checkpoint %" PRIu64
+                    " promoted",
+                 mfd_last_error(s), MFD_STAT_GET(s->colo_last_id));
+        MFD_STAT_SET(s->t_end, mfd__now_us());
+        __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
+        if (s->colo_ops.promoted)
+            s->colo_ops.promoted(s->colo_opaque, MFD_STAT_GET(s->colo_last_id),
+                                 mfd_last_error(s));
+        return 0;
+    }
     if (rc || mfd__failed(s)) {
         drain_reason(s);
         mfd__send_error_record(s);
@@ -1215,5 +1264,7 @@ int mfd__incoming(mfd_session *s)
     __atomic_store_n(&s->status, 3, __ATOMIC_RELAXED);
     mfd__session_release_runtime(s);
     mfd__placement_done(s);
+    if (s->features & MFD_FEAT_COLO)
+        mfd__colo_finish(s, MFD_COLO_STOPPED);
     return 0;
 }

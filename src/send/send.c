@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -20,6 +21,7 @@
 #include <xxhash.h>
 
 #include "common/util.h"
+#include "colo/colo.h"
 #include "core/session.h"
 #include "file/file.h"
 #include "protocol/crc32c.h"
@@ -214,7 +216,7 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
     uint32_t normal = b->num;
 
     if (s->zpd == MFD_ZPD_MULTIFD)
-        normal = partition_zero(blk->host, b->offset, b->num, ps);
+        normal = partition_zero(blk->src, b->offset, b->num, ps);
     if (s->snap) {
         pace(s, (uint64_t)normal * ps);
         return mfd__snap_write_batch(ch, b, normal);
@@ -230,7 +232,7 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
     ch->prev_listed = b->num;
 
     uint32_t next = 0;
-    int n = normal ? s->mops->send_prepare(ch, blk->host, b->offset, normal,
+    int n = normal ? s->mops->send_prepare(ch, blk->src, b->offset, normal,
                                            &next)
                    : 0;
     if (n < 0)
@@ -508,7 +510,7 @@ static int walk_dirty(mfd_session *s, meter *m)
                          -(uint64_t)__builtin_popcountll(bits));
             for (; bits; bits &= bits - 1) {
                 uint64_t off = (w * 64 + (uint64_t)__builtin_ctzll(bits)) * ps;
-                if (legacy && mfd__buffer_is_zero(b->host + off, ps)) {
+                if (legacy && mfd__buffer_is_zero(b->src + off, ps)) {
                     rc = s->snap ? mfd__snap_zero_page(s, (uint32_t)bi, off)
                                  : legacy_add(s, z, (uint32_t)bi, off);
                     if (rc)
@@ -820,7 +822,8 @@ static int handshake(mfd_session *s, const mfd_uri *u)
         return -1;
 
     uint64_t want = (s->crc ? MFD_FEAT_CRC : 0) |
-                    (s->verify ? MFD_FEAT_VERIFY : 0);
+                    (s->verify ? MFD_FEAT_VERIFY : 0) |
+                    (s->colo ? MFD_FEAT_COLO : 0);
     mfd_hello h = {
         .page_size = (uint32_t)s->page_size,
         .pages_per_packet = s->ppp,
@@ -868,6 +871,10 @@ static int handshake(mfd_session *s, const mfd_uri *u)
                          "main channel: READY accepts features 0x%" PRIx64
                          " that were not offered (0x%" PRIx64 ")",
                          accepted, want);
+    if ((want & MFD_FEAT_COLO) && !(accepted & MFD_FEAT_COLO))
+        return mfd__fail(s, MFD_EREFUSED,
+                         "the destination does not accept a COLO session "
+                         "(x-colo)");
     s->features = accepted;
     return 0;
 }
@@ -960,9 +967,20 @@ static void *return_path(void *arg)
     for (;;) {
         uint32_t type, len;
         uint8_t *body;
-        /* Not interrupted by failures: it may still read the reason. */
-        int rc = mfd__recv_record_ex(s, false, -1, &type, &body, &len, err,
-                                     sizeof(err));
+        /*
+         * Not interrupted by failures: it may still read the reason. In a
+         * COLO session the secondary's heartbeats keep it talking.
+         */
+        int rc = mfd__recv_record_ex(s, false,
+                                     s->colo ? (int)s->hb_timeout : -1, &type,
+                                     &body, &len, err, sizeof(err));
+        if (rc == MFD_IO_TIMEOUT) {
+            mfd__fail(s, MFD_ETIMEDOUT,
+                      "COLO: secondary lost: nothing from it for %" PRId64
+                      " ms (heartbeat-timeout)",
+                      s->hb_timeout);
+            break;
+        }
         if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT) {
             mfd__fail(s, -rc, "%s", err);
             break;
@@ -1000,6 +1018,25 @@ static void *return_path(void *arg)
             pthread_mutex_unlock(&s->lock);
             break;
         }
+        if (type == MFD_REC_CHECKPOINT_ACK && s->colo) {
+            uint64_t id = len == 8 ? mfd__get_be64(body) : UINT64_MAX;
+            free(body);
+            pthread_mutex_lock(&s->lock);
+            bool ok = id == s->colo_acked && s->colo_acked < s->colo_sent;
+            if (ok)
+                s->colo_acked++;
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
+            if (!ok) {
+                mfd__fail(s, MFD_EPROTO,
+                          "main channel: CHECKPOINT_ACK %" PRIu64
+                          " (body %u bytes) while checkpoint %" PRIu64
+                          " is the one in flight",
+                          id, len, s->colo_acked);
+                break;
+            }
+            continue;
+        }
         if (type == MFD_REC_ERROR && len >= 4) {
             uint32_t code = mfd__get_be32(body);
             int n = (int)MFD_MIN(len - 4, MFD_MSG_MAX);
@@ -1027,9 +1064,9 @@ static void *return_path(void *arg)
 
 /* ---- the end of a migration ---------------------------------------------- */
 
-static int send_completion(mfd_session *s)
+/* The embedder's device state, in chunks; the last one flagged. */
+static int send_device_state(mfd_session *s)
 {
-    /* The embedder's device state, in chunks; the last one flagged. */
     uint64_t left = s->device_state_len, sent = 0;
     uint8_t *chunk = malloc(4 + MFD_MIN(left, MFD_DEVICE_CHUNK));
     if (!chunk)
@@ -1048,7 +1085,12 @@ static int send_completion(mfd_session *s)
         left -= n;
     } while (left);
     free(chunk);
+    return 0;
+}
 
+/* DIGESTS (VERIFY), COMPLETE, then DONE from the destination. */
+static int send_complete(mfd_session *s)
+{
     if (s->features & MFD_FEAT_VERIFY) {
         uint8_t *d = malloc(8 * (size_t)s->nblocks);
         if (!d)
@@ -1085,6 +1127,196 @@ static int send_completion(mfd_session *s)
     bool done = s->done_received;
     pthread_mutex_unlock(&s->lock);
     return done ? 0 : -1;
+}
+
+static int send_completion(mfd_session *s)
+{
+    return send_device_state(s) || send_complete(s) ? -1 : 0;
+}
+
+/* ---- COLO: checkpoints after the migration ------------------------------- */
+
+static int send_id_record(mfd_session *s, uint32_t type, uint64_t id,
+                          const char *what)
+{
+    uint8_t body[8];
+    mfd__put_be64(body, id);
+    if (type == MFD_REC_CHECKPOINT_END) {
+        pthread_mutex_lock(&s->lock);
+        s->colo_sent = id + 1; /* its ACK may come before the write returns */
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (mfd__send_record(s, type, body, 8) != MFD_IO_OK)
+        return main_write_failed(s, what);
+    return 0;
+}
+
+/* Waits for the CHECKPOINT_ACK of checkpoint `id` (read by the return path). */
+static int wait_ack(mfd_session *s, uint64_t id)
+{
+    pthread_mutex_lock(&s->lock);
+    while (s->colo_acked <= id && !mfd__failed(s))
+        pthread_cond_wait(&s->cond, &s->lock);
+    bool ok = s->colo_acked > id;
+    pthread_mutex_unlock(&s->lock);
+    return ok ? 0 : -1;
+}
+
+static void resume_writers(mfd_session *s)
+{
+    if (s->live.resume)
+        s->live.resume(s->live_opaque);
+    s->paused = false;
+}
+
+/*
+ * Staging (the Remus way): copies the checkpoint's dirty pages to a copy of
+ * each block at the same offsets, from which the channel threads send, so
+ * the writers can run again before the transfer. The copy is mapped once,
+ * lazily populated: it costs what the checkpoints dirtied, at most the
+ * blocks' size.
+ */
+static int stage_dirty(mfd_session *s)
+{
+    uint32_t ps = (uint32_t)s->page_size;
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (!b->shadow) {
+            void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p == MAP_FAILED)
+                return mfd__fail(s, MFD_ENOMEM,
+                                 "colo-staging: block '%s': mmap of %" PRIu64
+                                 " bytes: %s",
+                                 b->name, b->length, strerror(errno));
+            b->shadow = p;
+        }
+        uint64_t words = (b->pages + 63) / 64;
+        for (uint64_t w = 0; w < words; w++) {
+            uint64_t bits = b->dirty[w];
+            while (bits) {
+                /* A run of set bits: one copy. */
+                uint64_t first = (uint64_t)__builtin_ctzll(bits);
+                uint64_t x = bits >> first;
+                uint64_t run = ~x ? (uint64_t)__builtin_ctzll(~x) : 64;
+                uint64_t off = (w * 64 + first) * ps;
+                memcpy(b->shadow + off, b->host + off, run * ps);
+                bits = first + run >= 64 ? 0 : bits & (~UINT64_C(0) << (first + run));
+            }
+        }
+        b->src = b->shadow;
+    }
+    return 0;
+}
+
+/*
+ * Until the next checkpoint is due (or asked for with mfd_colo_checkpoint):
+ * true to take it, false when the session ends (mfd_colo_stop, a failure).
+ */
+static bool colo_wait(mfd_session *s, uint64_t due_us)
+{
+    bool take = false;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        if (mfd__failed(s) || __atomic_load_n(&s->colo_stop, __ATOMIC_ACQUIRE))
+            break;
+        uint64_t now = mfd__now_us();
+        if (__atomic_exchange_n(&s->colo_now, 0, __ATOMIC_ACQ_REL) ||
+            now >= due_us) {
+            take = true;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (due_us - now) * 1000;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return take;
+}
+
+/*
+ * PROTOCOL.md 4, after the migration's last pass (the writers paused):
+ * the device state, checkpoint 0, the writers resumed; then a checkpoint
+ * every checkpoint-interval: pause, dirty sync, (staging: copy and resume),
+ * CHECKPOINT_BEGIN, the dirty pages as a pass, (no staging: resume),
+ * DEVICE_STATE, CHECKPOINT_END, and the secondary's ACK. mfd_colo_stop
+ * ends it with COMPLETE and DONE; the writers keep running.
+ */
+static int colo_run(mfd_session *s)
+{
+    meter mt = {0}, *m = &mt;
+    if (send_device_state(s) ||
+        send_id_record(s, MFD_REC_CHECKPOINT_BEGIN, 0, "CHECKPOINT_BEGIN") ||
+        send_id_record(s, MFD_REC_CHECKPOINT_END, 0, "CHECKPOINT_END") ||
+        wait_ack(s, 0))
+        return -1;
+    MFD_STAT_SET(s->colo_state, MFD_COLO_PROTECTED);
+    resume_writers(s);
+    mfd__log(s, "COLO: checkpoint 0 committed on the secondary: protected");
+
+    uint64_t start = mfd__now_us();
+    for (uint64_t id = 1;; id++) {
+        if (!colo_wait(s, start + (uint64_t)s->ckpt_interval * 1000))
+            break;
+        uint64_t t0 = start = mfd__now_us();
+        pause_writers(s);
+        uint64_t dirty;
+        if (mfd__tracker_sync(s, &dirty))
+            return -1;
+        MFD_STAT_ADD(s->dirty_sync_count, 1);
+        MFD_STAT_SET(s->dirty_pages, dirty);
+        uint64_t t_resume = 0;
+        if (s->colo_staging) {
+            if (stage_dirty(s))
+                return -1;
+            resume_writers(s);
+            t_resume = mfd__now_us();
+        }
+        uint64_t b0 = channel_bytes(s, NULL), t1 = mfd__now_us();
+        if (send_id_record(s, MFD_REC_CHECKPOINT_BEGIN, id,
+                           "CHECKPOINT_BEGIN"))
+            return -1;
+        meter_pass_begin(s, m);
+        uint64_t q0 = m->queued;
+        if (walk_dirty(s, m) ||
+            sync_channels(s, MFD_STAT_GET(s->iterations) + 1))
+            return -1;
+        for (int i = 0; i < s->nblocks; i++)
+            s->blocks[i].src = s->blocks[i].host;
+        if (!s->colo_staging) {
+            resume_writers(s);
+            t_resume = mfd__now_us();
+        }
+        if (s->live.progress) {
+            mfd_pass_info p = {.pass = MFD_STAT_GET(s->iterations),
+                               .pages = m->queued - q0,
+                               .bytes = channel_bytes(s, NULL) - b0,
+                               .time_us = mfd__now_us() - t1};
+            s->live.progress(s->live_opaque, &p);
+        }
+        if (send_device_state(s) ||
+            send_id_record(s, MFD_REC_CHECKPOINT_END, id, "CHECKPOINT_END") ||
+            wait_ack(s, id))
+            return -1;
+        mfd_checkpoint_info c = {.id = id,
+                                 .pause_us = t_resume - t0,
+                                 .transfer_us = mfd__now_us() - t1,
+                                 .dirty_pages = dirty,
+                                 .bytes = channel_bytes(s, NULL) - b0};
+        MFD_STAT_ADD(s->colo_ckpts, 1);
+        MFD_STAT_SET(s->colo_last_id, id);
+        if (s->colo_ops.checkpoint)
+            s->colo_ops.checkpoint(s->colo_opaque, &c);
+    }
+    if (mfd__failed(s))
+        return -1;
+    if (send_complete(s))
+        return -1;
+    MFD_STAT_SET(s->colo_state, MFD_COLO_STOPPED);
+    return 0;
 }
 
 /*
@@ -1239,6 +1471,14 @@ int mfd__migrate(mfd_session *s, const char *uri)
         refused = zc_refused(s);
     if (refused)
         return refused;
+    if (s->colo && (file || s->verify || s->dirty_tracker == MFD_TRACKER_NONE))
+        return mfd__fail(s, MFD_EINVAL,
+                         "x-colo needs a network URI and a dirty tracker, "
+                         "and excludes verify (the memory keeps changing)");
+    for (int i = 0; i < s->nblocks; i++)
+        s->blocks[i].src = s->blocks[i].host;
+    if (s->colo)
+        MFD_STAT_SET(s->colo_state, MFD_COLO_MIGRATING);
     if (s->dirty_tracker != MFD_TRACKER_NONE && !s->live.pause)
         return mfd__fail(s, MFD_EINVAL,
                          "a live migration (dirty tracker) needs a pause "
@@ -1248,6 +1488,8 @@ int mfd__migrate(mfd_session *s, const char *uri)
     if (!rc)
         rc = file ? (new_uuid(s) ? -1 : mfd__snap_create(s, u.file))
                   : handshake(s, &u);
+    if (!rc && s->colo)
+        rc = mfd__colo_hb_start(s);
     if (!rc)
         rc = channels_setup(s, &u);
     if (!rc && !file) {
@@ -1262,7 +1504,9 @@ int mfd__migrate(mfd_session *s, const char *uri)
         rc = precopy(s);
     }
     if (!rc)
-        rc = file ? mfd__snap_finish(s) : send_completion(s);
+        rc = file     ? mfd__snap_finish(s)
+             : s->colo ? colo_run(s)
+                       : send_completion(s);
 
     /*
      * DONE means the destination owns the memory now: whatever fails
@@ -1278,6 +1522,15 @@ int mfd__migrate(mfd_session *s, const char *uri)
         wait_for_reason(s);
     }
     uint64_t end = mfd__now_us();
+    mfd__colo_hb_stop(s);
+    if (!ok && MFD_STAT_GET(s->colo_state) == MFD_COLO_PROTECTED) {
+        /* The secondary is lost: the primary goes on, unprotected. */
+        MFD_STAT_SET(s->colo_state, MFD_COLO_UNPROTECTED);
+        mfd__log(s, "COLO: secondary lost (%s): running unprotected",
+                 mfd_last_error(s));
+        if (s->colo_ops.unprotected)
+            s->colo_ops.unprotected(s->colo_opaque, mfd_last_error(s));
+    }
     mfd__session_release_runtime(s);
     mfd__snap_free(s);
     mfd__tracker_stop(s);

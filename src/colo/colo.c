@@ -1,0 +1,267 @@
+/*
+ * colo.c - COLO sessions (PROTOCOL.md 4, seed 003): heartbeats on both
+ * sides, and the secondary's COLO cache, per-checkpoint record and commit.
+ *
+ * The primary's checkpoint loop is the pre-copy loop continued (send.c,
+ * colo_run). The secondary receives every page - of the initial migration
+ * and of each checkpoint - into the COLO cache (the block's `host`, filled
+ * by the ordinary channel threads), and records it in the checkpoint's
+ * bitmaps (ckpt_map, and ckpt_zero for a page that came as zero). On
+ * CHECKPOINT_END, with every channel parked at the checkpoint's SYNC, the
+ * main thread copies the recorded pages into the replica: normal pages from
+ * the cache, zero pages as zero (only where the replica held data), then
+ * acknowledges. So the replica only ever holds complete checkpoints: the
+ * first commit (checkpoint 0) copies the whole migrated state, and a
+ * checkpoint cut off midway never reaches it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "colo/colo.h"
+#include "common/util.h"
+#include "protocol/wire.h"
+#include "ram/bitmap.h"
+#include "transport/transport.h"
+
+/* ---- API ----------------------------------------------------------------- */
+
+MFD_API int mfd_set_colo_ops(mfd_session *s, const mfd_colo_ops *ops,
+                             void *opaque)
+{
+    if (!s || !ops)
+        return -MFD_EINVAL;
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE, "session already used");
+    s->colo_ops = *ops;
+    s->colo_opaque = opaque;
+    return 0;
+}
+
+static int colo_request(mfd_session *s, int *flag)
+{
+    if (!s)
+        return -MFD_EINVAL;
+    __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&s->lock);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+MFD_API int mfd_colo_checkpoint(mfd_session *s)
+{
+    return colo_request(s, s ? &s->colo_now : NULL);
+}
+
+MFD_API int mfd_colo_stop(mfd_session *s)
+{
+    return colo_request(s, s ? &s->colo_stop : NULL);
+}
+
+MFD_API mfd_colo_state mfd_colo_state_get(const mfd_session *s)
+{
+    return s ? (mfd_colo_state)MFD_STAT_GET(s->colo_state) : MFD_COLO_OFF;
+}
+
+/* ---- heartbeats ------------------------------------------------------------ */
+
+static void *heartbeat_main(void *arg)
+{
+    mfd_session *s = arg;
+    pthread_setname_np(pthread_self(), "mfd-heartbeat");
+    pthread_mutex_lock(&s->lock);
+    while (!s->hb_quit && !mfd__failed(s)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->hb_interval * 1000000;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&s->hb_cond, &s->lock, &ts);
+        if (s->hb_quit || mfd__failed(s))
+            break;
+        pthread_mutex_unlock(&s->lock);
+        /* A failed write is the other threads' to notice and report. */
+        mfd__send_record(s, MFD_REC_HEARTBEAT, NULL, 0);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+int mfd__colo_hb_start(mfd_session *s)
+{
+    s->hb_quit = false;
+    if (pthread_create(&s->hb_thread, NULL, heartbeat_main, s))
+        return mfd__fail(s, MFD_ESYS, "pthread_create failed");
+    s->hb_started = true;
+    return 0;
+}
+
+void mfd__colo_hb_stop(mfd_session *s)
+{
+    if (!s->hb_started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->hb_quit = true;
+    pthread_cond_broadcast(&s->hb_cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->hb_thread, NULL);
+    s->hb_started = false;
+}
+
+/* ---- secondary --------------------------------------------------------------- */
+
+int mfd__colo_secondary_setup(mfd_session *s)
+{
+    if (s->blocks_from_caller || s->incoming_dir || s->nfiles)
+        return mfd__fail(s, MFD_EREFUSED,
+                         "x-colo: the secondary maps its own COLO cache and "
+                         "replica (no caller blocks or incoming files)");
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED)
+            return mfd__fail(s, MFD_ENOMEM,
+                             "x-colo: block '%s': mmap of the replica (%" PRIu64
+                             " bytes): %s",
+                             b->name, b->length, strerror(errno));
+        b->replica = p;
+        if (!(b->ckpt_map = mfd__bitmap_new(b->pages)) ||
+            !(b->ckpt_zero = mfd__bitmap_new(b->pages)) ||
+            !(b->replica_map = mfd__bitmap_new(b->pages)))
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    }
+    MFD_STAT_SET(s->colo_state, MFD_COLO_MIGRATING);
+    return 0;
+}
+
+int mfd__colo_begin(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    if (!(s->features & MFD_FEAT_COLO))
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_BEGIN without feature COLO negotiated");
+    uint64_t id = len == 8 ? mfd__get_be64(body) : UINT64_MAX;
+    if (len != 8 || id != s->colo_next_id || s->colo_in_ckpt)
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_BEGIN %" PRIu64 " (body %u bytes): "
+                         "expected %" PRIu64 "%s",
+                         id, len, s->colo_next_id,
+                         s->colo_in_ckpt ? " after the previous END" : "");
+    if (!s->device_state_done)
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_BEGIN %" PRIu64 " before the last "
+                         "DEVICE_STATE chunk",
+                         id);
+    s->colo_in_ckpt = true;
+    /* Checkpoint 0 is the migration just done, with its device state. */
+    if (id) {
+        free(s->device_state);
+        s->device_state = NULL;
+        s->device_state_len = 0;
+        s->device_state_done = false;
+    }
+    return 0;
+}
+
+/* Copies the recorded pages of the checkpoint from the cache to the replica. */
+static void commit(mfd_session *s)
+{
+    uint32_t ps = (uint32_t)s->page_size;
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        uint64_t words = (b->pages + 63) / 64;
+        for (uint64_t w = 0; w < words; w++) {
+            uint64_t rec = __atomic_exchange_n(&b->ckpt_map[w], 0,
+                                               __ATOMIC_RELAXED);
+            if (!rec)
+                continue;
+            uint64_t zero = __atomic_exchange_n(&b->ckpt_zero[w], 0,
+                                                __ATOMIC_RELAXED) & rec;
+            uint64_t data = rec & ~zero;
+            while (data) {
+                uint64_t first = (uint64_t)__builtin_ctzll(data);
+                uint64_t x = data >> first;
+                uint64_t run = ~x ? (uint64_t)__builtin_ctzll(~x) : 64;
+                uint64_t off = (w * 64 + first) * ps;
+                memcpy(b->replica + off, b->host + off, run * ps);
+                data = first + run >= 64 ? 0
+                                         : data & (~UINT64_C(0) << (first + run));
+            }
+            /* A zero page needs work only where the replica held data. */
+            for (uint64_t z = zero & b->replica_map[w]; z; z &= z - 1)
+                memset(b->replica + (w * 64 + (uint64_t)__builtin_ctzll(z)) * ps,
+                       0, ps);
+            b->replica_map[w] = (b->replica_map[w] | rec) & ~zero;
+        }
+    }
+}
+
+int mfd__colo_end(mfd_session *s, const uint8_t *body, uint32_t len)
+{
+    uint64_t id = len == 8 ? mfd__get_be64(body) : UINT64_MAX;
+    if (!s->colo_in_ckpt || len != 8 || id != s->colo_next_id)
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_END %" PRIu64 " (body %u bytes) %s",
+                         id, len,
+                         s->colo_in_ckpt ? "does not match its BEGIN"
+                                         : "without CHECKPOINT_BEGIN");
+    if (!s->device_state_done)
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_END %" PRIu64 " before the last "
+                         "DEVICE_STATE chunk",
+                         id);
+    commit(s);
+    free(s->colo_dev);
+    s->colo_dev = s->device_state;
+    s->colo_dev_len = s->device_state_len;
+    s->device_state = NULL;
+    s->device_state_len = 0;
+    s->colo_in_ckpt = false;
+    s->colo_next_id = id + 1;
+    uint8_t ack[8];
+    mfd__put_be64(ack, id);
+    if (mfd__send_record(s, MFD_REC_CHECKPOINT_ACK, ack, 8) != MFD_IO_OK)
+        return mfd__fail(s, MFD_ECLOSED, "main channel: CHECKPOINT_ACK: %s",
+                         strerror(errno));
+    if (id)
+        MFD_STAT_ADD(s->colo_ckpts, 1);
+    MFD_STAT_SET(s->colo_last_id, id);
+    MFD_STAT_SET(s->colo_state, MFD_COLO_PROTECTED);
+    if (s->colo_ops.committed)
+        s->colo_ops.committed(s->colo_opaque, id);
+    return 0;
+}
+
+bool mfd__colo_can_promote(const mfd_session *s)
+{
+    return MFD_STAT_GET(s->colo_state) == MFD_COLO_PROTECTED &&
+           mfd__error_code((mfd_session *)s) != MFD_ECANCELED;
+}
+
+void mfd__colo_finish(mfd_session *s, int state)
+{
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (!b->replica)
+            continue;
+        if (b->mapped)
+            munmap(b->host, b->length);
+        b->host = b->replica;
+        b->replica = NULL;
+        b->mapped = true;
+        free(b->receivedmap);
+        b->receivedmap = b->replica_map;
+        b->replica_map = NULL;
+    }
+    free(s->device_state);
+    s->device_state = s->colo_dev;
+    s->device_state_len = s->colo_dev_len;
+    s->colo_dev = NULL;
+    s->colo_dev_len = 0;
+    MFD_STAT_SET(s->colo_state, state);
+}
