@@ -804,6 +804,7 @@ typedef struct {
     uint64_t size;
     bool verify;
     uint64_t checkpoints, duration_ms, kill_primary, kill_secondary;
+    uint64_t stop_secondary;
     uint64_t t0;
 } colo_ctx;
 
@@ -854,7 +855,8 @@ static void colo_checkpoint_cb(void *opaque, const mfd_checkpoint_info *c)
     bool done = (g_colo.checkpoints && c->id >= g_colo.checkpoints) ||
                 (g_colo.duration_ms &&
                  now_us() - g_colo.t0 >= g_colo.duration_ms * 1000);
-    if (done && !g_colo.kill_primary && !g_colo.kill_secondary)
+    if (done && !g_colo.kill_primary && !g_colo.kill_secondary &&
+        !g_colo.stop_secondary)
         mfd_colo_stop(g_colo.s);
 }
 
@@ -890,6 +892,8 @@ static void colo_committed_cb(void *opaque, uint64_t id)
     }
     if (g_colo.kill_secondary && id == g_colo.kill_secondary)
         raise(SIGKILL);
+    if (g_colo.stop_secondary && id == g_colo.stop_secondary)
+        raise(SIGSTOP); /* silent, connections open: only heartbeats tell */
 }
 
 static void colo_promoted_cb(void *opaque, uint64_t id, const char *reason)
@@ -985,6 +989,9 @@ static const char colo_usage[] =
     "                            N+1; the secondary must promote checkpoint N\n"
     "  --kill-secondary-after N  kill the secondary after committing\n"
     "                            checkpoint N; the primary must go on\n"
+    "  --stop-secondary-after N  stop (SIGSTOP) the secondary after\n"
+    "                            checkpoint N: only the heartbeat timeout\n"
+    "                            can tell the primary\n"
     "  -h, --help                this text\n";
 
 int cmd_colo(int argc, char **argv)
@@ -1004,6 +1011,7 @@ int cmd_colo(int argc, char **argv)
         {"verify", no_argument, 0, 'v'},
         {"kill-primary-after", required_argument, 0, 'K'},
         {"kill-secondary-after", required_argument, 0, 'k'},
+        {"stop-secondary-after", required_argument, 0, 'x'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -1034,6 +1042,7 @@ int cmd_colo(int argc, char **argv)
         case 'v': g->verify = true; break;
         case 'K': g->kill_primary = strtoull(optarg, &end, 10); bad = *end || !g->kill_primary; break;
         case 'k': g->kill_secondary = strtoull(optarg, &end, 10); bad = *end || !g->kill_secondary; break;
+        case 'x': g->stop_secondary = strtoull(optarg, &end, 10); bad = *end || !g->stop_secondary; break;
         case 'h': fputs(colo_usage, stdout); return 0;
         default: bad = true;
         }
@@ -1052,6 +1061,8 @@ int cmd_colo(int argc, char **argv)
         max = g->kill_primary + 4;
     if (g->kill_secondary && g->kill_secondary + 4 > max)
         max = g->kill_secondary + 4;
+    if (g->stop_secondary && g->stop_secondary + 4 > max)
+        max = g->stop_secondary + 4;
     size_t tlen = sizeof(colo_table) + max * sizeof(colo_ck);
     colo_table *t = mmap(NULL, tlen, PROT_READ | PROT_WRITE,
                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1169,6 +1180,8 @@ int cmd_colo(int argc, char **argv)
     if (prim > 0)
         waitpid(prim, &st_prim, 0);
     /* The secondary exits on its own: stopped, promoted, killed or failed. */
+    if (g->stop_secondary)
+        kill(sec, SIGKILL);
     waitpid(sec, &st_sec, 0);
 
     /* The verdict. */
@@ -1208,12 +1221,13 @@ int cmd_colo(int argc, char **argv)
                          : "",
                ok ? "ok" : "FAILED");
         bad |= !ok;
-    } else if (g->kill_secondary) {
+    } else if (g->kill_secondary || g->stop_secondary) {
         bool ok = t->unprotected && t->writers_ran && t->intact &&
                   WIFEXITED(st_prim) && !WEXITSTATUS(st_prim);
-        printf("multifd colo: secondary killed after checkpoint %" PRIu64
+        printf("multifd colo: secondary %s after checkpoint %" PRIu64
                ": primary %s in %" PRIu64 " ms, writers %s, memory %s: %s\n",
-               g->kill_secondary,
+               g->kill_secondary ? "killed" : "stopped",
+               g->kill_secondary ? g->kill_secondary : g->stop_secondary,
                t->unprotected ? "went on unprotected" : "did NOT notice",
                t->detect_ms, t->writers_ran ? "running" : "NOT running",
                t->intact ? "intact" : "DAMAGED", ok ? "ok" : "FAILED");
