@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-qemu install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-qemu install clean
 
 all: build
 
@@ -59,6 +59,11 @@ bench-methods: build
 # (root: it drops the page cache before cold restores).
 bench-snapshot: build
 	bash bench/snapshot.sh $(BUILD)/tools/multifd
+
+# COLO checkpoints: transfer and pause times, idle and under load, 1 vs 4
+# channels, staging on and off (about 15 minutes).
+bench-colo: build
+	bash bench/colo.sh $(BUILD)/tools/multifd
 
 # Side by side with QEMU 7.2 and 10.0.2 (fetched by the script); QUICK=1 for
 # the 1 GiB subset. Writes docs/benchmarks/qemu.md and qemu.png.
