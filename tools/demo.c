@@ -256,6 +256,12 @@ static void *writer_main(void *arg)
         last = now;
         if (allowance < 4096 || rate <= 0) {
             double wait = rate > 0 ? (4096 - allowance) * 1e6 / rate : 10000;
+            /*
+             * At most 1 ms asleep: a pause request must not wait for a slow
+             * writer's next page (a vCPU stops within microseconds).
+             */
+            if (wait > 1000)
+                wait = 1000;
             struct timespec ts = {0, (long)(MFD_DEMO_MAX(wait, 200.0) * 1000)};
             if (ts.tv_nsec >= 1000000000L)
                 ts.tv_nsec = 999999999L;

@@ -957,7 +957,9 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         ", \"zerocopy_sends\": %" PRIu64
         ", \"zerocopy_notifications\": %" PRIu64
         ", \"zerocopy_copied\": %" PRIu64
-        ", \"zerocopy_copied_passes\": %" PRIu64 ", \"passes\": [",
+        ", \"zerocopy_copied_passes\": %" PRIu64
+        ", \"colo_state\": %d, \"colo_checkpoints\": %" PRIu64
+        ", \"colo_last_id\": %" PRIu64 ", \"passes\": [",
         roles[st->role % 3], statuses[st->status % 5], st->channels,
         st->page_size, st->total_time_us, st->setup_time_us, st->ram_bytes,
         st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
@@ -968,7 +970,8 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         st->progress_pct, st->raw_bytes, st->compressed_bytes,
         st->compress_us, st->compression_ratio, st->zerocopy_sends,
         st->zerocopy_notifications, st->zerocopy_copied,
-        st->zerocopy_copied_passes);
+        st->zerocopy_copied_passes, st->colo_state, st->colo_checkpoints,
+        st->colo_last_id);
     /* Source passes; the destination counts iterations only. */
     for (uint64_t i = 0; st->role == 1 && i < st->iterations &&
                          i < MFD_PASS_STATS && n < cap;
