@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-qemu install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-qemu fuzz install clean
 
 all: build
 
@@ -21,16 +21,25 @@ build: deps $(BUILD)/build.ninja
 demo: build
 	$(BUILD)/tools/multifd demo
 
-# All tests, on the normal build and on the ASan+UBSan build.
+# All tests, on the normal build and on the ASan+UBSan build, then a short
+# run of every fuzz target.
 check: build
 	cd $(BUILD) && ctest $(CTEST_ARGS)
 	$(MAKE) --no-print-directory check-asan
+	sh scripts/fuzz.sh $(FUZZ_SMOKE)
 
 check-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMFD_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS)
+
+# libFuzzer targets (fuzz/, clang): FUZZ_TIME seconds each; `make check`
+# runs them for FUZZ_SMOKE seconds.
+FUZZ_TIME  ?= 300
+FUZZ_SMOKE ?= 10
+fuzz: build
+	sh scripts/fuzz.sh $(FUZZ_TIME)
 
 # ThreadSanitizer, run by hand (not part of check: slow, and it needs the
 # whole address space layout TSan wants).

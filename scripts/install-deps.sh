@@ -3,7 +3,8 @@
 # missing, so `make` works on a fresh machine and costs nothing on a ready one.
 set -e
 PKGS="gcc make cmake ninja-build pkg-config libxxhash-dev xxhash libcmocka-dev
-      zlib1g-dev libzstd-dev liblz4-dev libisal-dev python3 iproute2 procps"
+      zlib1g-dev libzstd-dev liblz4-dev libisal-dev python3 iproute2 procps
+      clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
