@@ -406,6 +406,10 @@ static const char recv_usage[] =
     "                      the source must offer exactly these blocks\n"
     "  --accept-compression LIST  methods a source may use, e.g. none,zstd\n"
     "                      (default: all built in: none,zlib,zstd,lz4)\n"
+    "  --x-colo            accept a COLO session: keep a replica of the\n"
+    "                      source's checkpoints, promote it when the source\n"
+    "                      is lost (see `multifd colo`)\n"
+    "  --heartbeat-timeout MS  COLO: the source is lost after MS of silence\n"
     "  --uri-file F        write the resolved listen URI to F once listening\n"
     "  --progress          print a progress line while running\n"
     "  --json              print the stats (and digests) as one JSON object\n"
@@ -516,13 +520,16 @@ static int cmd_recv(int argc, char **argv)
         {"block", required_argument, 0, 'b'},
         {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
+        {"x-colo", no_argument, 0, 'X'},
+        {"heartbeat-timeout", required_argument, 0, 'H'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
-               *net_timeout = NULL, *accept = NULL;
+               *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL;
+    bool colo = false;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
     int c;
@@ -548,6 +555,8 @@ static int cmd_recv(int argc, char **argv)
             }
             break;
         case 'u': uri_file = optarg; break;
+        case 'X': colo = true; break;
+        case 'H': hb_timeout = optarg; break;
         case 'P': show_progress = true; break;
         case 'j': json = true; break;
         case 'h': fputs(recv_usage, stdout); return 0;
@@ -654,6 +663,9 @@ static int cmd_recv(int argc, char **argv)
         (net_timeout &&
          mfd_set_param_by_name(s, "network-timeout", net_timeout)) ||
         (accept && mfd_set_param_by_name(s, "accept-compression", accept)) ||
+        (colo && mfd_set_param(s, MFD_PARAM_COLO, 1)) ||
+        (hb_timeout &&
+         mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout)) ||
         mfd_listen(s, listen)) {
         rc = fail_line("recv", mfd_last_error(s));
         mfd_session_free(s);
@@ -679,6 +691,11 @@ static int cmd_recv(int argc, char **argv)
         return rc;
     }
 
+    if (colo && mfd_colo_state_get(s) == MFD_COLO_PROMOTED)
+        fprintf(stderr, "multifd recv: COLO: the source was lost (%s); the "
+                        "replica of the last committed checkpoint was "
+                        "promoted\n",
+                mfd_last_error(s));
     print_received(s, json, anon, "multifd recv: migration completed");
     mfd_session_free(s);
     return 0;
