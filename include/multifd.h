@@ -292,6 +292,13 @@ typedef enum {
      * docs/colo.md has the numbers).
      */
     MFD_PARAM_COLO_STAGING = 128,
+    /*
+     * "idle-timeout": destination: fail the migration when no complete
+     * record or packet arrived from the source for this many ms (a source
+     * that stalls, or feeds a record or packet a byte at a time, cannot
+     * hold the destination). 0 = never. Default 60000.
+     */
+    MFD_PARAM_IDLE_TIMEOUT = 129,
 } mfd_param;
 
 /* Values of MFD_PARAM_COMPRESSION. */

@@ -398,6 +398,8 @@ static const char recv_usage[] =
     "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
     "                      default: physical memory, or the directory's\n"
     "                      free space\n"
+    "  --idle-timeout MS   fail when no complete record or packet came for that\n"
+    "                      long (default 60000; 0: never)\n"
     "  --network-timeout MS  fail when the source stops acknowledging for that\n"
     "                      long (default 10000; 0: the kernel's minutes)\n"
     "  --block NAME=SIZE   (with --into anon:, repeatable) the destination's\n"
@@ -521,6 +523,7 @@ static int cmd_recv(int argc, char **argv)
         {"file", required_argument, 0, 'f'},
         {"uri-file", required_argument, 0, 'u'},
         {"x-colo", no_argument, 0, 'X'},
+        {"idle-timeout", required_argument, 0, 'I'},
         {"heartbeat-timeout", required_argument, 0, 'H'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
@@ -528,7 +531,8 @@ static int cmd_recv(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
-               *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL;
+               *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL,
+               *idle = NULL;
     bool colo = false;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
@@ -556,6 +560,7 @@ static int cmd_recv(int argc, char **argv)
             break;
         case 'u': uri_file = optarg; break;
         case 'X': colo = true; break;
+        case 'I': idle = optarg; break;
         case 'H': hb_timeout = optarg; break;
         case 'P': show_progress = true; break;
         case 'j': json = true; break;
@@ -664,6 +669,7 @@ static int cmd_recv(int argc, char **argv)
          mfd_set_param_by_name(s, "network-timeout", net_timeout)) ||
         (accept && mfd_set_param_by_name(s, "accept-compression", accept)) ||
         (colo && mfd_set_param(s, MFD_PARAM_COLO, 1)) ||
+        (idle && mfd_set_param_by_name(s, "idle-timeout", idle)) ||
         (hb_timeout &&
          mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout)) ||
         mfd_listen(s, listen)) {

@@ -96,6 +96,7 @@ MFD_API mfd_session *mfd_session_new(void)
     s->hb_interval = 100;
     s->hb_timeout = 2000;
     s->colo_staging = 1;
+    s->idle_timeout = 60000;
     pthread_mutex_init(&s->main_wlock, NULL);
     pthread_cond_init(&s->hb_cond, NULL);
     pthread_mutex_init(&s->rl_lock, NULL);
@@ -399,6 +400,7 @@ static const param_desc params[] = {
     {MFD_PARAM_HEARTBEAT_TIMEOUT, "heartbeat-timeout", 1, 3600000,
      PF(hb_timeout)},
     {MFD_PARAM_COLO_STAGING, "colo-staging", 0, 1, PF(colo_staging)},
+    {MFD_PARAM_IDLE_TIMEOUT, "idle-timeout", 0, 86400000, PF(idle_timeout)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };

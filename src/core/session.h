@@ -176,6 +176,9 @@ struct mfd_session {
     int64_t hb_interval;
     int64_t hb_timeout;
     int64_t colo_staging;
+    int64_t idle_timeout;
+    uint64_t last_rx_us; /* destination: last complete record or packet */
+    uint64_t last_main_us; /* destination: last complete main record */
     mfd_colo_ops colo_ops;
     void *colo_opaque;
     mfd_live_ops live;

@@ -193,6 +193,7 @@ static int recv_one(mfd_recv_chan *ch)
                          rc == MFD_IO_TRUNCATED ? "truncated packet: " : "",
                          mfd__io_strerror(rc));
     }
+    MFD_STAT_SET(s->last_rx_us, mfd__now_us());
     uint64_t num = mfd__get_be64(ch->packet + MFD_PKT_NUM);
     if (!mfd__packet_decode(ch->packet, s->ppp, &h, err, sizeof(err)))
         return CH_FAIL(ch, num, "%s", err);
@@ -903,7 +904,22 @@ static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
             behind += s->rc[i].synced < it;
         if (!behind || mfd__failed(s))
             break;
-        pthread_cond_wait(&s->sync_cond, &s->sync_lock);
+        /* A channel fed a byte at a time must not hold us: idle-timeout. */
+        uint64_t since = mfd__now_us() - MFD_STAT_GET(s->last_rx_us);
+        if (s->idle_timeout && since >= (uint64_t)s->idle_timeout * 1000) {
+            pthread_mutex_unlock(&s->sync_lock);
+            return mfd__fail(s, MFD_ETIMEDOUT,
+                             "ITERATION_END %" PRIu64 ": %u channel(s) sent "
+                             "no complete packet for %" PRId64
+                             " ms (idle-timeout)",
+                             it, behind, s->idle_timeout);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->sync_cond, &s->sync_lock, &ts);
     }
     s->released_iter = it;
     pthread_cond_broadcast(&s->sync_cond);
@@ -1089,17 +1105,38 @@ static int main_loop(mfd_session *s)
     };
     /* COLO: the primary's heartbeats keep the main channel busy. */
     bool colo = s->features & MFD_FEAT_COLO;
+    uint64_t idle_us = (uint64_t)s->idle_timeout * 1000;
+    MFD_STAT_SET(s->last_rx_us, mfd__now_us());
+    MFD_STAT_SET(s->last_main_us, mfd__now_us());
     for (;;) {
-        int rc = poll(p, 3, colo ? (int)s->hb_timeout : -1);
+        /* Wake for the idle check too: channels count as activity. */
+        int tmo = colo ? (int)s->hb_timeout : -1;
+        if (idle_us) {
+            uint64_t since = mfd__now_us() - MFD_STAT_GET(s->last_rx_us);
+            int left = since >= idle_us ? 0 : (int)((idle_us - since) / 1000) + 1;
+            if (!since || since < idle_us)
+                tmo = tmo < 0 || left < tmo ? left : tmo;
+            else
+                return mfd__fail(s, MFD_ETIMEDOUT,
+                                 "no complete record or packet from the "
+                                 "source for %" PRId64
+                                 " ms (idle-timeout): it stalled",
+                                 s->idle_timeout);
+        }
+        int rc = poll(p, 3, tmo);
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0)
             return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
-        if (rc == 0)
+        if (rc == 0 && colo &&
+            mfd__now_us() - MFD_STAT_GET(s->last_main_us) >=
+                (uint64_t)s->hb_timeout * 1000)
             return mfd__fail(s, MFD_ETIMEDOUT,
                              "COLO: primary lost: nothing from it for %" PRId64
                              " ms (heartbeat-timeout)",
                              s->hb_timeout);
+        if (rc == 0)
+            continue;
         if (mfd__failed(s))
             return -1;
         if (p[1].revents & POLLIN) {
@@ -1117,7 +1154,14 @@ static int main_loop(mfd_session *s)
             continue;
         uint32_t type, len;
         uint8_t *body;
-        rc = mfd__recv_record(s, -1, &type, &body, &len, err, sizeof(err));
+        /* A record must arrive whole within idle-timeout. */
+        rc = mfd__recv_record(s, idle_us ? (int)s->idle_timeout : -1, &type,
+                              &body, &len, err, sizeof(err));
+        if (rc == MFD_IO_TIMEOUT)
+            return mfd__fail(s, MFD_ETIMEDOUT,
+                             "main channel: a record did not arrive whole "
+                             "within %" PRId64 " ms (idle-timeout)",
+                             s->idle_timeout);
         if (rc < 0 && rc != MFD_IO_ERROR && rc != MFD_IO_TIMEOUT)
             return mfd__fail(s, -rc, "%s", err);
         if (rc != MFD_IO_OK)
@@ -1125,6 +1169,9 @@ static int main_loop(mfd_session *s)
                              rc == MFD_IO_TRUNCATED ? "truncated record: "
                                                     : "",
                              mfd__io_strerror(rc));
+        uint64_t now = mfd__now_us();
+        MFD_STAT_SET(s->last_rx_us, now);
+        MFD_STAT_SET(s->last_main_us, now);
         rc = on_record(s, type, body, len);
         free(body);
         if (rc)
