@@ -29,6 +29,9 @@
 #   gen_blocks DIR SEED      writes the matrix's block files into DIR
 #   expect_json DIR OUT FILE...  counts pages / all-zero pages per block
 #   check_stats ...          see the function
+#   check_refused TAG RC ERRFILE WORDS [NOTE]  passes TAG when RC is 1 and
+#                            ERRFILE holds exactly one "error:" line, which
+#                            contains WORDS; NOTE is added to the verdict
 
 set -u
 
@@ -42,6 +45,16 @@ E2E_NAME=
 MULTIFD=
 # Upper bound for one multifd process (seconds); ASan builds are slower.
 E2E_PROC_TIMEOUT=${E2E_PROC_TIMEOUT:-60}
+
+check_refused() {
+    local tag=$1 rc=$2 err=$3 words=$4 note=${5:-}
+    if [ "$rc" = 1 ] && [ "$(grep -c 'error:' "$err")" = 1 ] && grep -q "$words" "$err"; then
+        pass "$tag${note:+ ($note)}"
+    else
+        fail "$tag" "exit $rc (want 1) and one error line with '$words'${note:+; $note}"
+        show_file "$err"
+    fi
+}
 
 pass() {
     E2E_PASSED=$((E2E_PASSED + 1))

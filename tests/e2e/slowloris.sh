@@ -72,14 +72,8 @@ one() {
     local rc=$BG_RC took=$(($(now_ms) - t0))
     kill "$peer" 2>/dev/null
     wait "$peer" 2>/dev/null
-    local err=$E2E_TMP/$tag.err
-    if [ "$rc" = 1 ] && [ "$(grep -c 'error:' "$err")" = 1 ] && grep -q "$words" "$err"; then
-        pass "$tag ($took ms)"
-    else
-        fail "$tag" "recv exit $rc after $took ms; want 1 and one error line with '$words'"
-        show_file "$err"
-    fi
-    check_stderr_clean "$tag/stderr" "$err"
+    check_refused "$tag" "$rc" "$E2E_TMP/$tag.err" "$words" "$took ms"
+    check_stderr_clean "$tag/stderr" "$E2E_TMP/$tag.err"
 }
 
 one main "idle-timeout" --idle-timeout 2000

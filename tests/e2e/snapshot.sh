@@ -215,13 +215,7 @@ expect_refusal() {
     local tag=$1 words=$2
     shift 2
     run_fg "$tag" 30 "$@"
-    local err=$E2E_TMP/$tag.err
-    if [ "$FG_RC" = 1 ] && [ "$(grep -c 'error:' "$err")" = 1 ] && grep -q "$words" "$err"; then
-        pass "$tag"
-    else
-        fail "$tag" "exit $FG_RC (want 1) and one error line with '$words'"
-        show_file "$err"
-    fi
+    check_refused "$tag" "$FG_RC" "$E2E_TMP/$tag.err" "$words"
 }
 expect_refusal refuse-compression "multifd-compression" \
     "$MULTIFD" save --to "file:$E2E_TMP/x.snap" --multifd-compression zstd "${BLOCKS[0]}"
