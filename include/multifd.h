@@ -299,6 +299,12 @@ typedef enum {
      * hold the destination). 0 = never. Default 60000.
      */
     MFD_PARAM_IDLE_TIMEOUT = 129,
+    /*
+     * "tls-verify-peer": destination with x509 credentials: 1 = require a
+     * client certificate signed by the CA (QEMU's verify-peer, default 1);
+     * 0 = anonymous clients allowed.
+     */
+    MFD_PARAM_TLS_VERIFY_PEER = 130,
 } mfd_param;
 
 /* Values of MFD_PARAM_COMPRESSION. */
@@ -460,6 +466,43 @@ MFD_API const char *mfd_listen_uri(const mfd_session *s);
  * this call returns, the blocks must not be touched by anyone else.
  */
 MFD_API int mfd_incoming(mfd_session *s);
+
+/* ------------------------------------------------------------------------ */
+/* TLS (PROTOCOL.md 6)                                                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * With TLS configured, every connection - main and data - starts with a
+ * TLS handshake (GnuTLS; TLS 1.3, or 1.2 with AEAD ciphers only), each
+ * channel its own session, its crypto on the channel's thread. A
+ * destination with TLS closes any connection whose handshake fails, as it
+ * would a stray plaintext one; a source with TLS never falls back to
+ * plaintext. Both sides need the same kind of credentials. Zero-copy send
+ * is refused with TLS (the payload is encrypted into a copy anyway).
+ */
+
+/**
+ * x509 credentials: `dir` holds ca-cert.pem, and server-cert.pem /
+ * server-key.pem (destination) or client-cert.pem / client-key.pem (source;
+ * optional: without them the source connects anonymously), QEMU's
+ * tls-creds-x509 layout. The source checks the destination's certificate
+ * against the CA and its name against the URI's host, or the name set with
+ * mfd_set_tls_hostname().
+ */
+MFD_API int mfd_set_tls_x509(mfd_session *s, const char *dir);
+/**
+ * PSK credentials: a file of `name:hexkey` lines (QEMU's tls-creds-psk);
+ * the source uses the first line, the destination accepts any.
+ */
+MFD_API int mfd_set_tls_psk(mfd_session *s, const char *keys_file);
+/** Source: the name the destination's certificate must carry. */
+MFD_API int mfd_set_tls_hostname(mfd_session *s, const char *name);
+/**
+ * Destination, x509: accept only clients whose certificate's distinguished
+ * name (RFC 4514, e.g. "CN=source1,O=Example") is one of those added.
+ * Implies a client certificate is required.
+ */
+MFD_API int mfd_add_tls_authz(mfd_session *s, const char *dn);
 
 /* ------------------------------------------------------------------------ */
 /* Snapshot files                                                           */

@@ -408,6 +408,13 @@ static const char recv_usage[] =
     "                      the source must offer exactly these blocks\n"
     "  --accept-compression LIST  methods a source may use, e.g. none,zstd\n"
     "                      (default: all built in: none,zlib,zstd,lz4)\n"
+    "  --tls-creds DIR     TLS with x509: DIR/ca-cert.pem, server-cert.pem,\n"
+    "                      server-key.pem (QEMU's tls-creds-x509 layout)\n"
+    "  --tls-psk FILE      TLS with pre-shared keys: NAME:HEXKEY lines\n"
+    "  --tls-verify-peer on|off  x509: require a client certificate signed\n"
+    "                      by the CA (default on)\n"
+    "  --tls-authz DN      x509: accept only this client certificate\n"
+    "                      subject (repeatable), e.g. CN=src1,O=Example\n"
     "  --x-colo            accept a COLO session: keep a replica of the\n"
     "                      source's checkpoints, promote it when the source\n"
     "                      is lost (see `multifd colo`)\n"
@@ -510,6 +517,18 @@ static void print_received(mfd_session *s, bool json, bool anon,
     }
 }
 
+/* recv --tls-authz DN, repeatable. */
+static int recv_authz(mfd_session *s, int argc, char **argv,
+                      const struct option *opts)
+{
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+        if (c == 'Z' && mfd_add_tls_authz(s, optarg))
+            return -1;
+    return 0;
+}
+
 static int cmd_recv(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -524,6 +543,10 @@ static int cmd_recv(int argc, char **argv)
         {"uri-file", required_argument, 0, 'u'},
         {"x-colo", no_argument, 0, 'X'},
         {"idle-timeout", required_argument, 0, 'I'},
+        {"tls-creds", required_argument, 0, 'T'},
+        {"tls-psk", required_argument, 0, 'K'},
+        {"tls-verify-peer", required_argument, 0, 'V'},
+        {"tls-authz", required_argument, 0, 'Z'},
         {"heartbeat-timeout", required_argument, 0, 'H'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
@@ -532,7 +555,8 @@ static int cmd_recv(int argc, char **argv)
     };
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
                *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL,
-               *idle = NULL;
+               *idle = NULL, *tls_creds = NULL, *tls_psk = NULL,
+               *tls_verify = NULL;
     bool colo = false;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
@@ -561,6 +585,10 @@ static int cmd_recv(int argc, char **argv)
         case 'u': uri_file = optarg; break;
         case 'X': colo = true; break;
         case 'I': idle = optarg; break;
+        case 'T': tls_creds = optarg; break;
+        case 'K': tls_psk = optarg; break;
+        case 'V': tls_verify = optarg; break;
+        case 'Z': break; /* applied below, once the session exists */
         case 'H': hb_timeout = optarg; break;
         case 'P': show_progress = true; break;
         case 'j': json = true; break;
@@ -670,6 +698,11 @@ static int cmd_recv(int argc, char **argv)
         (accept && mfd_set_param_by_name(s, "accept-compression", accept)) ||
         (colo && mfd_set_param(s, MFD_PARAM_COLO, 1)) ||
         (idle && mfd_set_param_by_name(s, "idle-timeout", idle)) ||
+        (tls_creds && mfd_set_tls_x509(s, tls_creds)) ||
+        (tls_psk && mfd_set_tls_psk(s, tls_psk)) ||
+        (tls_verify &&
+         mfd_set_param_by_name(s, "tls-verify-peer", tls_verify)) ||
+        recv_authz(s, argc, argv, opts) ||
         (hb_timeout &&
          mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout)) ||
         mfd_listen(s, listen)) {

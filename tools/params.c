@@ -32,6 +32,9 @@ enum {
     OPT_LZ4_ACCEL,
     OPT_ZERO_COPY,
     OPT_DIRECT_IO,
+    OPT_TLS_CREDS,
+    OPT_TLS_PSK,
+    OPT_TLS_HOSTNAME,
     OPT_END
 };
 
@@ -70,6 +73,9 @@ static const struct {
      "multifd-lz4-acceleration"},
     {{"zero-copy-send", no_argument, 0, OPT_ZERO_COPY}, "zero-copy-send"},
     {{"direct-io", no_argument, 0, OPT_DIRECT_IO}, "direct-io"},
+    {{"tls-creds", required_argument, 0, OPT_TLS_CREDS}, "tls-creds"},
+    {{"tls-psk", required_argument, 0, OPT_TLS_PSK}, "tls-psk"},
+    {{"tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME}, "tls-hostname"},
 };
 
 const char cli_migration_usage[] =
@@ -98,7 +104,14 @@ const char cli_migration_usage[] =
     "  --multifd-zstd-level N      1..20 (default 1)\n"
     "  --multifd-lz4-acceleration N  1..65537 (default 1; higher: faster)\n"
     "  --zero-copy-send            MSG_ZEROCOPY for raw page payloads\n"
-    "  --direct-io                 file: URIs: page I/O with O_DIRECT\n";
+    "  --direct-io                 file: URIs: page I/O with O_DIRECT\n"
+    "  --tls-creds DIR             TLS with x509: DIR/ca-cert.pem and\n"
+    "                              client-cert.pem / client-key.pem (QEMU's\n"
+    "                              tls-creds-x509 layout)\n"
+    "  --tls-psk FILE              TLS with a pre-shared key: NAME:HEXKEY\n"
+    "                              lines (the first is used)\n"
+    "  --tls-hostname NAME         the name the destination's certificate\n"
+    "                              must carry (default: the URI's host)\n";
 
 size_t cli_options_build(const struct option *own, struct option *out,
                          size_t cap)
@@ -130,7 +143,12 @@ int cli_migration_option(mfd_session *s, int val, const char *arg)
     const char *value, *name = cli_migration_param(val, arg, &value);
     if (!name)
         return 1;
-    return mfd_set_param_by_name(s, name, value) ? -1 : 0;
+    /* The TLS settings are strings, not numeric parameters. */
+    int rc = val == OPT_TLS_CREDS      ? mfd_set_tls_x509(s, value)
+             : val == OPT_TLS_PSK      ? mfd_set_tls_psk(s, value)
+             : val == OPT_TLS_HOSTNAME ? mfd_set_tls_hostname(s, value)
+                                       : mfd_set_param_by_name(s, name, value);
+    return rc ? -1 : 0;
 }
 
 bool cli_progress_mode(const char *arg, int argc, char **argv,

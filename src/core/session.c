@@ -22,6 +22,7 @@
 #include "common/util.h"
 #include "ram/bitmap.h"
 #include "transport/transport.h"
+#include "transport/tls.h"
 
 /* ---- versions and error codes ---------------------------------------- */
 
@@ -97,6 +98,7 @@ MFD_API mfd_session *mfd_session_new(void)
     s->hb_timeout = 2000;
     s->colo_staging = 1;
     s->idle_timeout = 60000;
+    s->tls_verify_peer = 1;
     pthread_mutex_init(&s->main_wlock, NULL);
     pthread_cond_init(&s->hb_cond, NULL);
     pthread_mutex_init(&s->rl_lock, NULL);
@@ -171,6 +173,13 @@ MFD_API void mfd_session_free(mfd_session *s)
     if (!s->device_state_borrowed)
         free(s->device_state);
     free(s->colo_dev);
+    mfd__tls_free(s);
+    free(s->tls_x509_dir);
+    free(s->tls_psk_file);
+    free(s->tls_hostname);
+    for (int i = 0; i < s->tls_nauthz; i++)
+        free(s->tls_authz[i]);
+    free(s->tls_authz);
     pthread_mutex_destroy(&s->main_wlock);
     pthread_cond_destroy(&s->hb_cond);
     pthread_mutex_destroy(&s->err_lock);
@@ -240,8 +249,7 @@ void mfd__close_chan_fd(mfd_session *s, int *slot)
     int fd = *slot;
     *slot = -1;
     pthread_mutex_unlock(&s->lock);
-    if (fd >= 0)
-        close(fd);
+    mfd__sock_close(fd);
 }
 
 /* Unblocks every thread that may be waiting on the session. */
@@ -401,6 +409,7 @@ static const param_desc params[] = {
      PF(hb_timeout)},
     {MFD_PARAM_COLO_STAGING, "colo-staging", 0, 1, PF(colo_staging)},
     {MFD_PARAM_IDLE_TIMEOUT, "idle-timeout", 0, 86400000, PF(idle_timeout)},
+    {MFD_PARAM_TLS_VERIFY_PEER, "tls-verify-peer", 0, 1, PF(tls_verify_peer)},
     {MFD_PARAM_HANDSHAKE_TIMEOUT, "handshake-timeout", 1, 3600000,
      PF(handshake_timeout)},
 };
@@ -1019,8 +1028,7 @@ void mfd__session_release_runtime(mfd_session *s)
     /* Each room joins its own threads; then the main channel can close. */
     mfd__send_release(s);
     mfd__recv_release(s);
-    if (s->main_fd >= 0)
-        close(s->main_fd);
+    mfd__sock_close(s->main_fd);
     s->main_fd = -1;
 }
 
@@ -1044,6 +1052,58 @@ MFD_API int mfd_incoming(mfd_session *s)
         return mfd__set_error(s, MFD_ESTATE, "session already used");
     s->used = true;
     return mfd__incoming(s);
+}
+
+/* Replaces a string setting; before the session is used. */
+static int set_string(mfd_session *s, char **slot, const char *v,
+                      const char *what)
+{
+    if (!s || !v || !*v)
+        return s ? mfd__set_error(s, MFD_EINVAL, "%s: empty", what)
+                 : -MFD_EINVAL;
+    if (s->used || s->listen_fd >= 0)
+        return mfd__set_error(s, MFD_ESTATE, "%s: session already used",
+                              what);
+    char *c = strdup(v);
+    if (!c)
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    free(*slot);
+    *slot = c;
+    return 0;
+}
+
+MFD_API int mfd_set_tls_x509(mfd_session *s, const char *dir)
+{
+    if (s && s->tls_psk_file)
+        return mfd__set_error(s, MFD_EINVAL, "tls-creds: PSK already set");
+    return set_string(s, s ? &s->tls_x509_dir : NULL, dir, "tls-creds");
+}
+
+MFD_API int mfd_set_tls_psk(mfd_session *s, const char *keys_file)
+{
+    if (s && s->tls_x509_dir)
+        return mfd__set_error(s, MFD_EINVAL, "tls-psk: x509 already set");
+    return set_string(s, s ? &s->tls_psk_file : NULL, keys_file, "tls-psk");
+}
+
+MFD_API int mfd_set_tls_hostname(mfd_session *s, const char *name)
+{
+    return set_string(s, s ? &s->tls_hostname : NULL, name, "tls-hostname");
+}
+
+MFD_API int mfd_add_tls_authz(mfd_session *s, const char *dn)
+{
+    if (!s || !dn || !*dn)
+        return s ? mfd__set_error(s, MFD_EINVAL, "tls-authz: empty")
+                 : -MFD_EINVAL;
+    char **a = realloc(s->tls_authz, (size_t)(s->tls_nauthz + 1) * sizeof(*a));
+    if (!a)
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    s->tls_authz = a;
+    if (!(a[s->tls_nauthz] = strdup(dn)))
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    s->tls_nauthz++;
+    return 0;
 }
 
 MFD_API int mfd_restore(mfd_session *s, const char *uri)

@@ -177,6 +177,12 @@ struct mfd_session {
     int64_t hb_timeout;
     int64_t colo_staging;
     int64_t idle_timeout;
+    /* TLS (transport/tls.c): settings, and credentials once loaded. */
+    char *tls_x509_dir, *tls_psk_file, *tls_hostname;
+    char **tls_authz;
+    int tls_nauthz;
+    int64_t tls_verify_peer;
+    struct mfd_tls *tls;
     uint64_t last_rx_us; /* destination: last complete record or packet */
     uint64_t last_main_us; /* destination: last complete main record */
     mfd_colo_ops colo_ops;

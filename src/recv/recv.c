@@ -33,6 +33,7 @@
 #include "protocol/crc32c.h"
 #include "ram/bitmap.h"
 #include "transport/transport.h"
+#include "transport/tls.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -331,6 +332,8 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
                               "URI '%s': a snapshot file is read with "
                               "mfd_restore (multifd restore), not listened on",
                               uri);
+    if (mfd__tls_enabled(s) && mfd__tls_setup(s, true))
+        return -mfd__error_code(s);
     s->listen_fd = mfd__sock_listen(&u, s->listen_uri, sizeof(s->listen_uri),
                                     err, sizeof(err));
     if (s->listen_fd < 0)
@@ -378,6 +381,13 @@ static int accept_one(mfd_session *s)
     int fd = mfd__sock_accept(s->listen_fd);
     if (fd >= 0) {
         mfd__sock_set_timeout(fd, (int)s->network_timeout);
+        char err[512];
+        /* Not TLS, or the wrong credentials: a stray connection. */
+        if (mfd__tls_enabled(s) && mfd__tls_server(s, fd, err, sizeof(err))) {
+            mfd__log(s, "closed connection: %s", err);
+            close(fd);
+            return -2;
+        }
         return fd;
     }
     if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN ||
@@ -418,7 +428,7 @@ static int accept_main(mfd_session *s)
             mfd__log(s, "closed stray connection: %s%s",
                      magic == MFD_MAIN_MAGIC ? "incomplete preamble: " : "",
                      mfd__io_strerror(rc));
-            close(fd);
+            mfd__sock_close(fd);
             continue;
         }
         if (magic != MFD_MAIN_MAGIC) {
@@ -427,7 +437,7 @@ static int accept_main(mfd_session *s)
                      magic == MFD_DATA_MAGIC ? "data channel magic"
                                              : "unknown magic",
                      magic);
-            close(fd);
+            mfd__sock_close(fd);
             continue;
         }
         /* From here on this connection is the session's main channel. */
@@ -505,7 +515,7 @@ static int uffd_register(mfd_session *s, mfd_block *b)
         struct uffdio_api api = {.api = UFFD_API,
                                  .features = UFFD_FEATURE_SIGBUS};
         if (ioctl(fd, UFFDIO_API, &api)) {
-            close(fd);
+            mfd__sock_close(fd);
             return -1;
         }
         s->uffd = fd;
@@ -576,7 +586,7 @@ int mfd__map_block(mfd_session *s, mfd_block *b)
             return -1;
         if (ftruncate(fd, (off_t)b->length) < 0) {
             e = errno;
-            close(fd);
+            mfd__sock_close(fd);
             return mfd__fail(s, MFD_ESYS, "block '%s': size file to %" PRIu64
                              ": %s", b->name, b->length, strerror(e));
         }
@@ -584,7 +594,7 @@ int mfd__map_block(mfd_session *s, mfd_block *b)
                        fd, 0);
         if (p == MAP_FAILED) {
             e = errno;
-            close(fd);
+            mfd__sock_close(fd);
             return mfd__fail(s, MFD_ESYS, "block '%s': mmap: %s", b->name,
                              strerror(e));
         }
@@ -809,12 +819,12 @@ static int accept_channels(mfd_session *s)
         if (why) {
             mfd__log(s, "closed stray connection during channel setup: %s",
                      why);
-            close(fd);
+            mfd__sock_close(fd);
             continue;
         }
         uint32_t id = init[24];
         if (id >= n) {
-            close(fd);
+            mfd__sock_close(fd);
             return mfd__fail(s, MFD_EPROTO,
                              "data channel init: channel id %u >= channels "
                              "%u",
@@ -822,7 +832,7 @@ static int accept_channels(mfd_session *s)
         }
         mfd_recv_chan *ch = &s->rc[id];
         if (ch->fd >= 0) {
-            close(fd);
+            mfd__sock_close(fd);
             return mfd__fail(s, MFD_EPROTO,
                              "data channel init: duplicate channel id %u", id);
         }
@@ -1147,7 +1157,7 @@ static int main_loop(mfd_session *s)
                 mfd__log(s, "closed stray connection: all %u channels are "
                             "already set up",
                          s->nchan);
-                close(fd);
+                mfd__sock_close(fd);
             }
         }
         if (!p[0].revents)

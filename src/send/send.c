@@ -29,6 +29,7 @@
 #include "ram/dirty.h"
 #include "ram/zero.h"
 #include "transport/transport.h"
+#include "transport/tls.h"
 
 /* ---- channel thread ---------------------------------------------------- */
 
@@ -786,6 +787,23 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
     }
 }
 
+/* TLS on a new connection (never plaintext once TLS is configured). */
+static int tls_connect(mfd_session *s, const mfd_uri *u, int fd,
+                       const char *what)
+{
+    if (!mfd__tls_enabled(s))
+        return 0;
+    char err[512];
+    const char *host = s->tls_hostname ? s->tls_hostname
+                       : u->kind == MFD_URI_TCP ? u->host
+                                                : NULL;
+    if (mfd__tls_setup(s, false))
+        return -1;
+    if (mfd__tls_client(s, fd, host, err, sizeof(err)))
+        return mfd__fail(s, MFD_EREFUSED, "%s: %s", what, err);
+    return 0;
+}
+
 static int handshake(mfd_session *s, const mfd_uri *u)
 {
     char err[512];
@@ -795,6 +813,8 @@ static int handshake(mfd_session *s, const mfd_uri *u)
         return mfd__fail(s, errno == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_ESYS,
                          "%s", err);
     mfd__sock_set_timeout(s->main_fd, (int)s->network_timeout);
+    if (tls_connect(s, u, s->main_fd, "main channel"))
+        return -1;
 
     uint8_t pre[MFD_PREAMBLE_LEN];
     uint32_t version;
@@ -929,6 +949,10 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
                              "channel %u: %s", i, err);
         mfd__sock_set_timeout(fd, (int)s->network_timeout);
         mfd__set_chan_fd(s, &ch->fd, fd);
+        char what[32];
+        snprintf(what, sizeof(what), "channel %u", i);
+        if (tls_connect(s, u, fd, what))
+            return -1;
         if (s->zero_copy_send && mfd__zc_enable(fd))
             return mfd__fail(s, MFD_EUNSUPPORTED,
                              "channel %u: zero-copy-send: SO_ZEROCOPY: %s "
@@ -1454,6 +1478,16 @@ static int file_refused(mfd_session *s, bool file)
     return 0;
 }
 
+/* Zero-copy sends the pages as they are; TLS must encrypt them first. */
+static int tls_refused(mfd_session *s)
+{
+    if (mfd__tls_enabled(s) && s->zero_copy_send)
+        return mfd__fail(s, MFD_EINVAL,
+                         "zero-copy-send cannot be combined with TLS: the "
+                         "payload is encrypted into a copy anyway");
+    return 0;
+}
+
 int mfd__migrate(mfd_session *s, const char *uri)
 {
     char err[512];
@@ -1467,6 +1501,8 @@ int mfd__migrate(mfd_session *s, const char *uri)
         return mfd__fail(s, MFD_EURI, "%s", err);
     bool file = u.kind == MFD_URI_FILE;
     int refused = file_refused(s, file);
+    if (!refused)
+        refused = tls_refused(s);
     if (!refused && s->zero_copy_send)
         refused = zc_refused(s);
     if (refused)

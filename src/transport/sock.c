@@ -2,6 +2,7 @@
  * sock.c - URI parsing, TCP/Unix sockets, and the whole-buffer I/O loops.
  */
 #include "transport/transport.h"
+#include "transport/tls.h"
 
 #include "common/util.h"
 
@@ -313,6 +314,14 @@ static int wait_readable(int fd, int wake_fd, uint64_t deadline)
     }
 }
 
+void mfd__sock_close(int fd)
+{
+    if (fd < 0)
+        return;
+    mfd__tls_forget(fd, true);
+    close(fd);
+}
+
 int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms)
 {
     return mfd__read_full_wake(fd, -1, buf, len, timeout_ms);
@@ -325,13 +334,16 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
     uint64_t deadline = timeout_ms >= 0 ? now_ms() + (uint64_t)timeout_ms : 0;
     if (timeout_ms == 0)
         deadline = 1; /* already passed */
+    void *tls = mfd__tls_of(fd);
     while (done < len) {
-        if (deadline || wake_fd >= 0) {
+        /* TLS may hold decrypted bytes the socket no longer shows. */
+        if ((deadline || wake_fd >= 0) && !(tls && mfd__tls_pending(tls))) {
             int w = wait_readable(fd, wake_fd, deadline);
             if (w)
                 return w;
         }
-        ssize_t n = read(fd, (char *)buf + done, len - done);
+        ssize_t n = tls ? mfd__tls_read(tls, (char *)buf + done, len - done)
+                        : read(fd, (char *)buf + done, len - done);
         if (n > 0) {
             done += (size_t)n;
         } else if (n == 0) {
@@ -366,9 +378,11 @@ int mfd__readv_full(int fd, struct iovec *iov, int iovcnt)
 {
     int i = 0;
     size_t got = 0;
+    void *tls = mfd__tls_of(fd);
     while (i < iovcnt) {
         int cnt = MFD_IOV_BATCH(iovcnt - i);
-        ssize_t n = readv(fd, iov + i, cnt);
+        ssize_t n = tls ? mfd__tls_read(tls, iov[i].iov_base, iov[i].iov_len)
+                        : readv(fd, iov + i, cnt);
         if (n > 0) {
             got += (size_t)n;
             i = iov_advance(iov, iovcnt, i, (size_t)n);
@@ -389,8 +403,34 @@ int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)
     return mfd__writev_full_flags(fd, iov, iovcnt, 0);
 }
 
+/* TLS: the iovecs as records, corked so small pieces share one. */
+static int tls_writev(void *tls, struct iovec *iov, int iovcnt)
+{
+    mfd__tls_cork(tls, true);
+    for (int i = 0; i < iovcnt; i++) {
+        const char *p = iov[i].iov_base;
+        size_t left = iov[i].iov_len;
+        while (left) {
+            ssize_t n = mfd__tls_write(tls, p, left);
+            if (n < 0) {
+                int e = errno;
+                mfd__tls_cork(tls, false);
+                errno = e;
+                return MFD_IO_ERROR;
+            }
+            p += n;
+            left -= (size_t)n;
+        }
+    }
+    mfd__tls_cork(tls, false);
+    return MFD_IO_OK;
+}
+
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
 {
+    void *tls = mfd__tls_of(fd);
+    if (tls)
+        return tls_writev(tls, iov, iovcnt);
     int i = 0;
     while (i < iovcnt && iov[i].iov_len == 0)
         i++;

@@ -50,6 +50,9 @@ int mfd__sock_listen(const mfd_uri *u, char *bound, size_t boundlen,
  */
 void mfd__sock_set_timeout(int fd, int timeout_ms);
 
+/* Closes a channel socket, ending its TLS session (close_notify) first. */
+void mfd__sock_close(int fd);
+
 /* Accepts one connection (TCP_NODELAY, close-on-exec); -1 on error. */
 int mfd__sock_accept(int lfd);
 

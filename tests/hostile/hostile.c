@@ -69,10 +69,13 @@
 #define REC_DEVICE_STATE 0x0020u
 #define REC_DIGESTS 0x0021u
 #define REC_COMPLETE 0x0022u
+#define REC_CKPT_BEGIN 0x0030u
+#define REC_CKPT_END 0x0031u
 #define REC_CANCEL 0x0040u
 #define REC_HEARTBEAT 0x80000050u
 #define REC_READY 0x1001u
 #define REC_DONE 0x1002u
+#define REC_CKPT_ACK 0x1003u
 #define REC_ERROR 0x2000u
 #define REC_OPTIONAL 0x80000000u
 #define REC_MAX_LEN (16u << 20)
@@ -773,11 +776,17 @@ static void src_block(struct src *s, uint64_t len, uint32_t index, const char *n
     buf_free(&b);
 }
 
+/* Set: the optional records of g_optional go out with an empty body (HEARTBEAT's). */
+static bool g_optional_empty;
+
 static void src_optional(struct src *s, uint32_t type)
 {
     static const char junk[13] = "optional junk";
 
-    xsend_record(s->main_fd, REC_OPTIONAL | type, junk, sizeof(junk), "optional record");
+    if (g_optional_empty)
+        xsend_record(s->main_fd, REC_OPTIONAL | type, NULL, 0, "optional record");
+    else
+        xsend_record(s->main_fd, REC_OPTIONAL | type, junk, sizeof(junk), "optional record");
 }
 
 /*
@@ -786,6 +795,12 @@ static void src_optional(struct src *s, uint32_t type)
  * SETUP_END, mid pass, before ITERATION_END, before DIGESTS.
  */
 static uint32_t g_optional;
+
+/*
+ * Set: src_pass sends its packets but neither the SYNC packets nor the
+ * ITERATION_END: a pass cut off in the middle.
+ */
+static bool g_pass_no_end;
 
 /*
  * Set: the first packet with pages of the last pass goes out with 16 bytes
@@ -1244,6 +1259,13 @@ static void src_pass(struct src *s, uint8_t *const *act, int scope, bool sync_wi
             src_optional(s, g_optional);
     }
     s->rr = (unsigned)((s->rr + np) % (unsigned)s->nch);
+    if (g_pass_no_end) {
+        free(pk);
+        free(zrec);
+        free(payload);
+        free(last);
+        return;
+    }
     for (int c = 0; c < s->nch; c++)
         if (!sync_with_pages || last[c] < 0)
             send_sync(s, c);
@@ -2070,6 +2092,461 @@ static int run_source_killed(const char *uri)
 }
 
 /* ---------------------------------------------------------------------- */
+/* COLO sessions (PROTOCOL.md 4), and checkpoint records where COLO is off */
+
+/*
+ * A COLO case is a script of steps this source plays, in order, after the
+ * setup (HELLO, BLOCKs, SETUP_END, READY, every data channel connected):
+ *   M      the migration's passes over every page (with CF_2PASS a second
+ *          pass of pages the "guest" dirtied), each with SYNC + ITERATION_END
+ *   m      a migration pass cut off: its packets, no SYNC, no ITERATION_END
+ *   D      DEVICE_STATE, the last chunk (flags 1, no bytes)
+ *   d      DEVICE_STATE, a chunk that is not the last (flags 0, 4 bytes)
+ *   P      the guest dirties pages (new data, data turned zero, zero pages
+ *          turned data, a page whose only non-zero byte is its last), then
+ *          a pass of exactly those pages, SYNC, ITERATION_END
+ *   p      as P, cut off: the packets only
+ *   Z      a pass with nothing dirty: SYNC on every channel, ITERATION_END
+ *   Bn En  CHECKPOINT_BEGIN / CHECKPOINT_END n; Bn/L, En/L: a body of L
+ *          bytes instead of 8 (the id's first L bytes, or the id and zeros)
+ *   An     wait for CHECKPOINT_ACK n: committed. The blocks as they are now
+ *          are the replica (written to DIR, which a promotion must give)
+ *   H      HEARTBEAT (empty body)
+ *   C      DIGESTS (with VERIFY), COMPLETE, wait for DONE: the session ends
+ *          well; the blocks as they are now are written to DIR
+ *   c      COMPLETE, as a violation (inside a checkpoint)
+ *   K      a packet with a wrong magic on data channel 0
+ *   Q      data channel 1 closes
+ *   R      an ERROR record from the source
+ *   X      every connection closes: the source is gone
+ *   S      silence: nothing more is sent, every connection stays open
+ * A script that does not end in C (or X) ends waiting for the destination
+ * to close the main channel, an ERROR record first or not (a promoted
+ * secondary need not send one); DONE or a CHECKPOINT_ACK then is a failure.
+ * The driver checks the destination's exit, its error or "promoted" line,
+ * and for a promotion the replica's digests against DIR.
+ */
+enum {
+    CF_ASK = 1,      /* HELLO asks for COLO */
+    CF_COLO = 2,     /* READY must accept COLO (else it must not) */
+    CF_EITHER = 4,   /* READY may accept COLO or not; declined: B, E, A skipped */
+    CF_LEGACY = 8,   /* zero_page_detection legacy (ZERO_PAGES records) */
+    CF_NOZPD = 16,   /* zero_page_detection none */
+    CF_ZSTD = 32,    /* method zstd */
+    CF_CRC = 64,     /* feature CRC */
+    CF_VERIFY = 128, /* feature VERIFY */
+    CF_2PASS = 256,  /* the migration in two passes */
+    CF_HB = 512,     /* an empty HEARTBEAT at every point of the stream */
+};
+
+static const struct colo_case {
+    const char *name;
+    unsigned flags;
+    const char *script;
+} colo_cases[] = {
+    /* (A) Against a destination without COLO: checkpoint records are refused. */
+    { "nocolo-begin", 0, "M D B0" },
+    { "nocolo-end", 0, "M D E0" },
+    { "nocolo-begin-midpass", 0, "m B0" },
+    { "nocolo-end-midpass", 0, "m E0" },
+    { "nocolo-asked-begin", CF_ASK, "M D B0" },
+    { "nocolo-asked-end", CF_ASK, "M D E0" },
+    { "nocolo-asked-begin-hb", CF_ASK | CF_HB, "H M H D H B0 E0" },
+    /* (A) HEARTBEAT is optional: skipped in a plain migration, which succeeds. */
+    { "heartbeat-mid", CF_HB, "H M H D H C" },
+    { "heartbeat-mid-2pass-legacy", CF_HB | CF_2PASS | CF_LEGACY, "H M H D H C" },
+    { "heartbeat-mid-crc-verify", CF_HB | CF_CRC | CF_VERIFY, "H M H D H C" },
+    { "heartbeat-mid-zstd", CF_HB | CF_ZSTD, "H M H D H C" },
+    { "heartbeat-mid-asked", CF_ASK | CF_HB, "H M H D H C" },
+
+    /* (B) Against a COLO destination: whole sessions. */
+    { "colo-valid", CF_ASK | CF_COLO,
+      "M D B0 E0 A0 B1 P D E1 A1 B2 P D E2 A2 B3 Z D E3 A3 B4 P D E4 A4 C" },
+    { "colo-valid-hb", CF_ASK | CF_COLO | CF_HB,
+      "H M H D H B0 H E0 A0 H B1 H P H D H E1 A1 B2 P D E2 A2 H C" },
+    { "colo-valid-2pass-crc", CF_ASK | CF_COLO | CF_2PASS | CF_CRC,
+      "M D B0 E0 A0 B1 P D E1 A1 B2 P D E2 A2 B3 P D E3 A3 C" },
+    { "colo-valid-verify", CF_ASK | CF_COLO | CF_VERIFY, "M D B0 E0 A0 B1 P D E1 A1 C" },
+    { "colo-valid-legacy", CF_ASK | CF_COLO | CF_LEGACY,
+      "M D B0 E0 A0 B1 P D E1 A1 B2 P D E2 A2 B3 P D E3 A3 C" },
+    { "colo-valid-nozpd", CF_ASK | CF_COLO | CF_NOZPD,
+      "M D B0 E0 A0 B1 P D E1 A1 B2 P D E2 A2 C" },
+    { "colo-valid-zstd", CF_ASK | CF_COLO | CF_ZSTD,
+      "M D B0 E0 A0 B1 P D E1 A1 B2 P D E2 A2 B3 P D E3 A3 C" },
+    { "colo-valid-devchunks", CF_ASK | CF_COLO, "M d D B0 E0 A0 B1 P d d D E1 A1 C" },
+    { "colo-stop-after-ckpt0", CF_ASK | CF_COLO, "M D B0 E0 A0 C" },
+    { "colo-plain-source", 0, "M D C" },
+    /* --x-colo with --into DIR: COLO declined, or the session refused. */
+    { "colo-into-dir", CF_ASK | CF_EITHER, "M D B0 E0 A0 C" },
+
+    /* (B) Before checkpoint 0 is committed: no replica, the session fails. */
+    { "colo-begin-wrong-id", CF_ASK | CF_COLO, "M D B1" },
+    { "colo-end-nobegin", CF_ASK | CF_COLO, "M D E0" },
+    { "colo-end-id", CF_ASK | CF_COLO, "M D B0 E1" },
+    { "colo-complete-in-ckpt", CF_ASK | CF_COLO, "M D B0 c" },
+    { "colo-begin-nodev", CF_ASK | CF_COLO, "M B0" },
+    { "colo-begin-devpart", CF_ASK | CF_COLO, "M d B0" },
+    { "colo-begin-midpass", CF_ASK | CF_COLO, "m B0" },
+    { "colo-ckpt0-pages", CF_ASK | CF_COLO, "M D B0 P D E0" },
+    { "colo-begin-len0", CF_ASK | CF_COLO, "M D B0/0" },
+    { "colo-begin-len4", CF_ASK | CF_COLO, "M D B0/4" },
+    { "colo-begin-len16", CF_ASK | CF_COLO, "M D B0/16" },
+    { "colo-end-len4", CF_ASK | CF_COLO, "M D B0 E0/4" },
+    { "colo-end-len16", CF_ASK | CF_COLO, "M D B0 E0/16" },
+    { "colo-lost-before-ckpt0", CF_ASK | CF_COLO, "M D X" },
+    { "colo-lost-in-ckpt0", CF_ASK | CF_COLO, "M D B0 X" },
+    { "colo-silent-before-ckpt0", CF_ASK | CF_COLO, "M D S" },
+
+    /* (B) After a committed checkpoint: the secondary promotes its replica. */
+    { "colo-lost-after-ckpt0", CF_ASK | CF_COLO, "M D B0 E0 A0 X" },
+    { "colo-lost-mid-ckpt", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 A1 B2 p X" },
+    { "colo-lost-before-end", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 A1 B2 P D X" },
+    { "colo-silent-after-ckpt0", CF_ASK | CF_COLO, "M D B0 E0 A0 S" },
+    { "colo-silent-mid-ckpt", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p S" },
+    { "colo-bad-packet-mid-ckpt", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p K" },
+    { "colo-data-closed-mid-ckpt", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p Q" },
+    { "colo-source-error-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p R" },
+    { "colo-begin-wrong-id-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B2" },
+    { "colo-begin-repeat-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 A1 B1" },
+    { "colo-begin-nested-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D B2" },
+    { "colo-end-nobegin-after", CF_ASK | CF_COLO, "M D B0 E0 A0 E1" },
+    { "colo-end-id-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 A1 B2 P D E3" },
+    { "colo-end-nodev-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P E1" },
+    { "colo-end-devpart-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P d E1" },
+    { "colo-end-midpass-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p E1" },
+    { "colo-complete-in-ckpt-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D c" },
+    { "colo-begin-len0-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1/0" },
+    { "colo-begin-len4-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1/4" },
+    { "colo-begin-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1/16" },
+    { "colo-end-len4-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/4" },
+    { "colo-end-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/16" },
+};
+
+static const struct colo_case *colo_case_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(colo_cases) / sizeof(colo_cases[0]); i++)
+        if (!strcmp(colo_cases[i].name, name))
+            return &colo_cases[i];
+    return NULL;
+}
+
+/* HEARTBEATs the destination sent us, and whether one had a body. */
+static unsigned g_hb_seen;
+
+static bool colo_skip_optional(const struct rec *r)
+{
+    if (r->type == REC_HEARTBEAT) {
+        if (r->len && !g_hb_seen)
+            note("destination HEARTBEAT with a %" PRIu32 "-byte body (PROTOCOL.md: empty)",
+                 r->len);
+        g_hb_seen++;
+        return true;
+    }
+    return (r->type & REC_OPTIONAL) != 0;
+}
+
+/* CHECKPOINT_BEGIN / CHECKPOINT_END id with a body of len bytes (8 is right). */
+static void colo_ckpt_record(struct src *s, uint32_t type, uint64_t id, uint32_t len)
+{
+    uint8_t b[32] = { 0 };
+
+    put64(b, id);
+    if (len > sizeof(b))
+        die("internal: checkpoint body of %" PRIu32 " bytes", len);
+    xsend_record(s->main_fd, type, b, len,
+                 type == REC_CKPT_BEGIN ? "CHECKPOINT_BEGIN" : "CHECKPOINT_END");
+}
+
+static void colo_wait_ack(struct src *s, uint64_t id)
+{
+    for (;;) {
+        struct rec r;
+        const char *err;
+        int rc = read_record(s->main_fd, &r, IO_TIMEOUT, &err);
+
+        if (rc)
+            hfail("waiting for CHECKPOINT_ACK %" PRIu64 ": %s", id, err ? err : rstr(rc));
+        if (colo_skip_optional(&r)) {
+            free(r.body);
+            continue;
+        }
+        if (r.type == REC_ERROR) {
+            print_error_record(&r);
+            hfail("destination sent ERROR instead of CHECKPOINT_ACK %" PRIu64, id);
+        }
+        if (r.type != REC_CKPT_ACK)
+            hfail("record 0x%" PRIx32 " (%" PRIu32 " bytes) while waiting for CHECKPOINT_ACK "
+                  "%" PRIu64,
+                  r.type, r.len, id);
+        if (r.len != 8)
+            hfail("CHECKPOINT_ACK with a %" PRIu32 "-byte body, want 8", r.len);
+        if (get64(r.body) != id)
+            hfail("CHECKPOINT_ACK %" PRIu64 ", want %" PRIu64, get64(r.body), id);
+        printf("CHECKPOINT_ACK %" PRIu64 "\n", id);
+        free(r.body);
+        return;
+    }
+}
+
+/*
+ * After a violation, or the source's silence: waits for the destination to
+ * close the main channel. An ERROR record is printed; DONE or an ACK fail.
+ */
+static void colo_expect_end(struct src *s)
+{
+    int64_t deadline = now_ms() + ERROR_WAIT;
+
+    for (;;) {
+        struct rec r;
+        const char *err;
+        int64_t left = deadline - now_ms();
+        int rc = read_record(s->main_fd, &r, left > 0 ? (int)left : 0, &err);
+
+        if (rc) {
+            printf("NO-ERROR-RECORD: %s\n", err ? err : rstr(rc));
+            return;
+        }
+        if (colo_skip_optional(&r)) {
+            free(r.body);
+            continue;
+        }
+        if (r.type == REC_ERROR) {
+            print_error_record(&r);
+            if (wait_closed(s->main_fd, 3000))
+                printf("MAIN-CLOSED-AFTER-ERROR\n");
+            else
+                note("main channel still open 3 s after the ERROR record");
+            free(r.body);
+            return;
+        }
+        if (r.type == REC_DONE)
+            hfail("destination sent DONE after a violation");
+        if (r.type == REC_CKPT_ACK)
+            hfail("destination acknowledged checkpoint %" PRIu64 " after a violation",
+                  r.len == 8 ? get64(r.body) : UINT64_MAX);
+        hfail("record 0x%" PRIx32 " (%" PRIu32 " bytes) after a violation", r.type, r.len);
+    }
+}
+
+/*
+ * The guest dirties pages for checkpoint round r (1, 2, ...): in ram0 one
+ * page gets new data; in ram1 the pages of class r (mod 11) get new data
+ * (zero pages among them turn to data), even pages of the previous class
+ * turn zero (data of the last checkpoint cleared), one page keeps only its
+ * last byte, and a zero page is sent again as zero. act[] marks them.
+ */
+static void colo_dirty(struct src *s, uint8_t **act, unsigned r)
+{
+    uint32_t ps = s->ps;
+
+    for (int i = 0; i < s->nb; i++)
+        memset(act[i], 0, s->b[i].len / ps);
+    fill_random(s->b[0].mem + (size_t)(r % 3) * ps, ps);
+    act[0][r % 3] = 1;
+    for (uint64_t pg = 0; pg < s->b[1].len / ps; pg++) {
+        uint8_t *p = s->b[1].mem + pg * ps;
+
+        if (pg % 11 == r % 11) {
+            fill_random(p, ps);
+            act[1][pg] = 1;
+        } else if (pg % 11 == (r + 10) % 11 && pg % 2 == 0) {
+            memset(p, 0, ps);
+            act[1][pg] = 1;
+        } else if (pg % 23 == r % 23) {
+            memset(p, 0, ps);
+            p[ps - 1] = (uint8_t)(r | 1);
+            act[1][pg] = 1;
+        } else if (pg % 29 == r % 29 && page_is_zero(p, ps)) {
+            act[1][pg] = 1;
+        }
+    }
+}
+
+/* The migration's passes: everything, then (two passes) what the guest dirtied. */
+static void colo_migrate(struct src *s, uint8_t **act, bool two, int scope_first)
+{
+    for (int i = 0; i < s->nb; i++)
+        memset(act[i], 1, s->b[i].len / s->ps);
+    if (!two) {
+        src_pass(s, act, 1, false);
+        return;
+    }
+    src_pass(s, act, scope_first, false);
+    for (int i = 0; i < s->nb; i++) {
+        uint64_t pages = s->b[i].len / s->ps;
+
+        memset(act[i], 0, pages);
+        for (uint64_t pg = 0; pg < pages; pg++) {
+            uint8_t *p = s->b[i].mem + pg * s->ps;
+
+            if (pg % 3 == 1) {
+                act[i][pg] = 1;
+                if (pg % 2)
+                    memset(p, 0, s->ps);
+                else
+                    fill_random(p, s->ps);
+            }
+        }
+    }
+    src_pass(s, act, 1, false);
+}
+
+static int run_colo_case(const char *uri, const char *dir, const struct colo_case *cc)
+{
+    struct src s;
+    uint8_t *act[MAX_BLOCKS];
+    unsigned fl = cc->flags, round = 0;
+    uint64_t feat = (fl & CF_ASK ? FEAT_COLO : 0) | (fl & CF_CRC ? FEAT_CRC : 0) |
+                    (fl & CF_VERIFY ? FEAT_VERIFY : 0);
+    uint32_t zpd = fl & CF_LEGACY ? ZPD_LEGACY : fl & CF_NOZPD ? ZPD_NONE : ZPD_MULTIFD;
+    bool colo, ended = false, good;
+    char script[512], *save = NULL;
+
+    /* A script that ends in C is a session that must end well. */
+    {
+        size_t n = strlen(cc->script);
+
+        good = n && cc->script[n - 1] == 'C';
+    }
+    if (fl & CF_HB) {
+        g_optional = REC_HEARTBEAT & ~REC_OPTIONAL;
+        g_optional_empty = true;
+    }
+    src_init(&s, uri, dir, 4096, 3, zpd, feat);
+    s.method = fl & CF_ZSTD ? M_ZSTD : M_NONE;
+    s.level = fl & CF_ZSTD ? 3 : 0;
+    gen_blocks(s.b, &s.nb, s.ps, false);
+    for (int i = 0; i < s.nb; i++)
+        act[i] = xcalloc(1, s.b[i].len / s.ps);
+    src_connect_main(&s, 1);
+    src_read_preamble(&s, 1);
+    src_setup(&s);
+    src_ready(&s);
+    colo = (s.acc & FEAT_COLO) != 0;
+    if ((fl & CF_COLO) && !colo)
+        hfail("READY features 0x%" PRIx64 " without COLO, which HELLO asked for and this "
+              "destination was started to accept",
+              s.acc);
+    if (!(fl & (CF_COLO | CF_EITHER)) && colo)
+        hfail("READY accepts COLO (features 0x%" PRIx64 ") on a destination not started "
+              "for COLO",
+              s.acc);
+    if (fl & CF_EITHER)
+        note("the destination %s COLO", colo ? "accepted" : "declined");
+    if ((feat & (FEAT_CRC | FEAT_VERIFY)) != (s.acc & (FEAT_CRC | FEAT_VERIFY)))
+        hfail("READY accepted features 0x%" PRIx64 ", want CRC/VERIFY of 0x%" PRIx64, s.acc,
+              feat);
+    src_channels(&s, false, STRAY_NONE);
+    if (!good)
+        g_tolerant = true;
+
+    snprintf(script, sizeof(script), "%s", cc->script);
+    for (char *t = strtok_r(script, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+        char op = t[0];
+        uint64_t id = 0;
+        uint32_t len = 8;
+
+        if (op == 'B' || op == 'E' || op == 'A') {
+            char *end;
+
+            id = strtoull(t + 1, &end, 10);
+            if (*end == '/')
+                len = (uint32_t)strtoul(end + 1, NULL, 10);
+            if (!colo && (fl & CF_EITHER))
+                continue;
+        }
+        printf("STEP %s\n", t);
+        switch (op) {
+        case 'M': colo_migrate(&s, act, fl & CF_2PASS, fl & CF_CRC ? 0 : 1); break;
+        case 'm':
+        case 'p':
+            if (op == 'm')
+                for (int i = 0; i < s.nb; i++)
+                    memset(act[i], 1, s.b[i].len / s.ps);
+            else
+                colo_dirty(&s, act, ++round);
+            g_pass_no_end = true;
+            src_pass(&s, act, 1, false);
+            g_pass_no_end = false;
+            break;
+        case 'P':
+            colo_dirty(&s, act, ++round);
+            src_pass(&s, act, 1, false);
+            break;
+        case 'Z':
+            for (int i = 0; i < s.nb; i++)
+                memset(act[i], 0, s.b[i].len / s.ps);
+            src_pass(&s, act, 1, false);
+            break;
+        case 'D': src_device_state(&s, false); break;
+        case 'd': {
+            uint8_t b[8];
+
+            put32(b, 0);
+            memcpy(b + 4, "devX", 4);
+            xsend_record(s.main_fd, REC_DEVICE_STATE, b, 8, "DEVICE_STATE");
+            break;
+        }
+        case 'B': colo_ckpt_record(&s, REC_CKPT_BEGIN, id, len); break;
+        case 'E': colo_ckpt_record(&s, REC_CKPT_END, id, len); break;
+        case 'A':
+            colo_wait_ack(&s, id);
+            write_blocks(dir, s.b, s.nb);
+            break;
+        case 'H': xsend_record(s.main_fd, REC_HEARTBEAT, NULL, 0, "HEARTBEAT"); break;
+        case 'C':
+            if (s.acc & FEAT_VERIFY)
+                src_digests(&s, false);
+            write_blocks(dir, s.b, s.nb);
+            printf("SENT normal=%" PRIu64 " zero=%" PRIu64 " packets=%" PRIu64 "\n", s.n_normal,
+                   s.n_zero, s.n_packets);
+            src_complete(&s, 0);
+            src_wait_done(&s);
+            ended = true;
+            break;
+        case 'c': src_complete(&s, 0); break;
+        case 'K': {
+            uint8_t hdr[HDR_FIXED + 8 * MAX_PPP];
+            uint8_t *payload = xcalloc(MAX_PPP, s.ps);
+            size_t plen;
+
+            probe_packet(&s, hdr, payload, &plen);
+            put32(hdr, DATA_MAGIC + 1);
+            send_packet(&s, 0, hdr, payload, plen);
+            free(payload);
+            break;
+        }
+        case 'Q':
+            close(s.dfd[1]);
+            s.dfd[1] = -1;
+            break;
+        case 'R': {
+            static const char why[] = "hostile-colo-primary-gives-up";
+            uint8_t b[64];
+
+            put32(b, 5);
+            memcpy(b + 4, why, sizeof(why) - 1);
+            send_record(s.main_fd, REC_ERROR, b, (uint32_t)(4 + sizeof(why) - 1));
+            break;
+        }
+        case 'X':
+            usleep(100000);
+            src_close(&s);
+            printf("SOURCE-GONE\n");
+            return 0;
+        case 'S': break;
+        default: die("internal: bad step '%s' in case %s", t, cc->name);
+        }
+    }
+    if (!ended)
+        colo_expect_end(&s);
+    if (g_hb_seen)
+        printf("HEARTBEATS-RECEIVED %u\n", g_hb_seen);
+    src_close(&s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Destination side */
 
 struct dblk {
@@ -2729,6 +3206,8 @@ static int run_case(const char *name, const char *uri, const char *dir)
     vopt_default(&o);
     if (!strncmp(name, "dest-", 5))
         return run_dest(uri, name, dir);
+    if (colo_case_find(name))
+        return run_colo_case(uri, dir, colo_case_find(name));
     for (size_t i = 0; i < sizeof(pm) / sizeof(pm[0]); i++)
         if (!strcmp(name, pm[i].name))
             return run_packet_mutation(uri, pm[i].m);
@@ -3001,6 +3480,8 @@ static void selftest_codecs(void)
     free(back);
 }
 
+static void selftest_colo_list(void);
+
 /* Checks this file's own codecs where a known answer exists. */
 static int run_selftest(void)
 {
@@ -3027,6 +3508,7 @@ static int run_selftest(void)
     if (XXH3_64bits("", 0) != 0x2D06800538D394C2ull)
         hfail("XXH3_64bits of empty input 0x%016" PRIx64, (uint64_t)XXH3_64bits("", 0));
     selftest_codecs();
+    selftest_colo_list();
     printf("SELFTEST OK\n");
     return 0;
 }
@@ -3065,7 +3547,42 @@ static const char *const all_cases[] = {
     "lz4-short-page", "zlib-empty", "zstd-empty", "lz4-empty", "zlib-shared-stream",
     "zstd-shared-stream", "valid-zlib-pageflush", "valid-zstd-pageflush", "hello-method-0x01", "hello-method-0x08", "hello-method-0x3e",
     "hello-method-0x02", "hello-method-0x04", "hello-method-0x06", "hello-method-0x00",
+    /* COLO and checkpoint records (colo_cases[] has their scripts). */
+    "nocolo-begin", "nocolo-end", "nocolo-begin-midpass", "nocolo-end-midpass",
+    "nocolo-asked-begin", "nocolo-asked-end", "nocolo-asked-begin-hb", "heartbeat-mid",
+    "heartbeat-mid-2pass-legacy", "heartbeat-mid-crc-verify", "heartbeat-mid-zstd",
+    "heartbeat-mid-asked", "colo-valid", "colo-valid-hb", "colo-valid-2pass-crc",
+    "colo-valid-verify", "colo-valid-legacy", "colo-valid-nozpd", "colo-valid-zstd",
+    "colo-valid-devchunks", "colo-stop-after-ckpt0", "colo-plain-source", "colo-into-dir",
+    "colo-begin-wrong-id", "colo-end-nobegin", "colo-end-id", "colo-complete-in-ckpt",
+    "colo-begin-nodev", "colo-begin-devpart", "colo-begin-midpass", "colo-ckpt0-pages",
+    "colo-begin-len0", "colo-begin-len4", "colo-begin-len16", "colo-end-len4", "colo-end-len16",
+    "colo-lost-before-ckpt0", "colo-lost-in-ckpt0", "colo-silent-before-ckpt0",
+    "colo-lost-after-ckpt0", "colo-lost-mid-ckpt", "colo-lost-before-end",
+    "colo-silent-after-ckpt0", "colo-silent-mid-ckpt", "colo-bad-packet-mid-ckpt",
+    "colo-data-closed-mid-ckpt", "colo-source-error-after", "colo-begin-wrong-id-after",
+    "colo-begin-repeat-after", "colo-begin-nested-after", "colo-end-nobegin-after",
+    "colo-end-id-after", "colo-end-nodev-after", "colo-end-devpart-after",
+    "colo-end-midpass-after", "colo-complete-in-ckpt-after", "colo-begin-len0-after",
+    "colo-begin-len4-after", "colo-begin-len16-after", "colo-end-len4-after",
+    "colo-end-len16-after",
 };
+
+/* Every scripted COLO case is listed, and every script uses known steps. */
+static void selftest_colo_list(void)
+{
+    for (size_t i = 0; i < sizeof(colo_cases) / sizeof(colo_cases[0]); i++) {
+        bool listed = false;
+
+        for (size_t k = 0; k < sizeof(all_cases) / sizeof(all_cases[0]); k++)
+            listed = listed || !strcmp(all_cases[k], colo_cases[i].name);
+        if (!listed)
+            hfail("COLO case %s is missing from all_cases[]", colo_cases[i].name);
+        for (const char *t = colo_cases[i].script; *t; t++)
+            if (!strchr("MmDdPpZBEAHCcKQRXS0123456789/ ", *t))
+                hfail("COLO case %s: bad step character '%c'", colo_cases[i].name, *t);
+    }
+}
 
 int main(int argc, char **argv)
 {

@@ -1,0 +1,50 @@
+/*
+ * tls.h - TLS on every channel (PROTOCOL.md 6) with GnuTLS.
+ *
+ * A channel that completed a TLS handshake is registered by its fd; the
+ * whole-buffer I/O calls of sock.c look the fd up and go through its GnuTLS
+ * session, so the rooms above keep speaking fds, and each channel's crypto
+ * runs on the thread that owns the channel.
+ */
+#ifndef MFD_TRANSPORT_TLS_H
+#define MFD_TRANSPORT_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct mfd_session;
+
+/* The session's TLS settings and loaded credentials (tls.c). */
+typedef struct mfd_tls mfd_tls;
+
+/* True when the session has TLS configured (x509 or PSK). */
+bool mfd__tls_enabled(const struct mfd_session *s);
+/*
+ * Loads the credentials for the given side (once). Fails the session with
+ * a message naming the file on error.
+ */
+int mfd__tls_setup(struct mfd_session *s, bool server);
+/*
+ * Handshakes on a connected socket, as the client (hostname: the name the
+ * server's certificate must carry, NULL for none) or the server; the
+ * socket is registered on success. On failure returns -1 with the cause
+ * in err (unknown CA, name mismatch, no client certificate, PSK mismatch,
+ * expired...), the socket unregistered.
+ */
+int mfd__tls_client(struct mfd_session *s, int fd, const char *hostname,
+                    char *err, size_t errlen);
+int mfd__tls_server(struct mfd_session *s, int fd, char *err, size_t errlen);
+/* Sends close_notify (if `bye`) and forgets the fd's session. */
+void mfd__tls_forget(int fd, bool bye);
+/* Frees the session's credentials. */
+void mfd__tls_free(struct mfd_session *s);
+
+/* For sock.c: the fd's TLS session or NULL, and its I/O. */
+void *mfd__tls_of(int fd);
+ssize_t mfd__tls_read(void *t, void *buf, size_t len);
+ssize_t mfd__tls_write(void *t, const void *buf, size_t len);
+bool mfd__tls_pending(void *t);
+void mfd__tls_cork(void *t, bool on);
+
+#endif
