@@ -398,6 +398,9 @@ static const char recv_usage[] =
     "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
     "                      default: physical memory, or the directory's\n"
     "                      free space\n"
+    "  --handshake-timeout MS  a connection must finish its TLS handshake\n"
+    "                      and preamble, the source its setup, within MS\n"
+    "                      (default 10000)\n"
     "  --idle-timeout MS   fail when no complete record or packet came for that\n"
     "                      long (default 60000; 0: never)\n"
     "  --network-timeout MS  fail when the source stops acknowledging for that\n"
@@ -543,6 +546,7 @@ static int cmd_recv(int argc, char **argv)
         {"uri-file", required_argument, 0, 'u'},
         {"x-colo", no_argument, 0, 'X'},
         {"idle-timeout", required_argument, 0, 'I'},
+        {"handshake-timeout", required_argument, 0, 'W'},
         {"tls-creds", required_argument, 0, 'T'},
         {"tls-psk", required_argument, 0, 'K'},
         {"tls-verify-peer", required_argument, 0, 'V'},
@@ -556,7 +560,7 @@ static int cmd_recv(int argc, char **argv)
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
                *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL,
                *idle = NULL, *tls_creds = NULL, *tls_psk = NULL,
-               *tls_verify = NULL;
+               *tls_verify = NULL, *hs_timeout = NULL;
     bool colo = false;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
@@ -585,6 +589,7 @@ static int cmd_recv(int argc, char **argv)
         case 'u': uri_file = optarg; break;
         case 'X': colo = true; break;
         case 'I': idle = optarg; break;
+        case 'W': hs_timeout = optarg; break;
         case 'T': tls_creds = optarg; break;
         case 'K': tls_psk = optarg; break;
         case 'V': tls_verify = optarg; break;
@@ -698,6 +703,8 @@ static int cmd_recv(int argc, char **argv)
         (accept && mfd_set_param_by_name(s, "accept-compression", accept)) ||
         (colo && mfd_set_param(s, MFD_PARAM_COLO, 1)) ||
         (idle && mfd_set_param_by_name(s, "idle-timeout", idle)) ||
+        (hs_timeout &&
+         mfd_set_param_by_name(s, "handshake-timeout", hs_timeout)) ||
         (tls_creds && mfd_set_tls_x509(s, tls_creds)) ||
         (tls_psk && mfd_set_tls_psk(s, tls_psk)) ||
         (tls_verify &&

@@ -35,6 +35,7 @@ enum {
     OPT_TLS_CREDS,
     OPT_TLS_PSK,
     OPT_TLS_HOSTNAME,
+    OPT_HANDSHAKE_TIMEOUT,
     OPT_END
 };
 
@@ -76,6 +77,8 @@ static const struct {
     {{"tls-creds", required_argument, 0, OPT_TLS_CREDS}, "tls-creds"},
     {{"tls-psk", required_argument, 0, OPT_TLS_PSK}, "tls-psk"},
     {{"tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME}, "tls-hostname"},
+    {{"handshake-timeout", required_argument, 0, OPT_HANDSHAKE_TIMEOUT},
+     "handshake-timeout"},
 };
 
 const char cli_migration_usage[] =
@@ -111,7 +114,9 @@ const char cli_migration_usage[] =
     "  --tls-psk FILE              TLS with a pre-shared key: NAME:HEXKEY\n"
     "                              lines (the first is used)\n"
     "  --tls-hostname NAME         the name the destination's certificate\n"
-    "                              must carry (default: the URI's host)\n";
+    "                              must carry (default: the URI's host)\n"
+    "  --handshake-timeout MS      connecting, TLS and setup must finish\n"
+    "                              within MS (default 10000)\n";
 
 size_t cli_options_build(const struct option *own, struct option *out,
                          size_t cap)

@@ -823,9 +823,18 @@ static int handshake(mfd_session *s, const mfd_uri *u)
     if (rc == MFD_IO_OK)
         rc = mfd__read_full_timeout(s->main_fd, pre, sizeof(pre),
                                     (int)s->handshake_timeout);
+    /*
+     * With TLS 1.3 the server checks our certificate after our side of the
+     * handshake is done: its refusal shows up here as a closed connection.
+     */
     if (rc != MFD_IO_OK)
         return mfd__fail(s, rc == MFD_IO_TIMEOUT ? MFD_ETIMEDOUT : MFD_ECLOSED,
-                         "main channel preamble: %s", mfd__io_strerror(rc));
+                         "main channel preamble: %s%s", mfd__io_strerror(rc),
+                         mfd__tls_enabled(s) && rc != MFD_IO_TIMEOUT
+                             ? " (after the TLS handshake: the destination "
+                               "may have refused this source's certificate; "
+                               "its log says why)"
+                             : "");
     MFD_STAT_ADD(s->main_bytes, 2 * MFD_PREAMBLE_LEN);
     if (!mfd__preamble_decode(pre, &version))
         return mfd__fail(s, MFD_EPROTO,

@@ -11,6 +11,12 @@
 #
 # Set HOSTILE_ONLY to a regular expression to run only the matching cases,
 # and HOSTILE_KEEP=1 to keep the temporary directory for inspection.
+#
+# COLO (PROTOCOL.md 4): the checkpoint-record and HEARTBEAT cases against a
+# plain `multifd recv` always run. The cases against a COLO destination
+# (`multifd recv` started with HOSTILE_COLO_OPT, default --x-colo) run when
+# HOSTILE_COLO=1, are skipped when HOSTILE_COLO=0, and by default run when
+# `multifd recv --help` lists that option.
 set -u
 
 if [ $# -ne 2 ]; then
@@ -83,6 +89,28 @@ status_text() {
 # Prints the first line of a file, shortened, for failure messages.
 first_line() {
     head -n 1 "$1" 2>/dev/null | cut -c1-200
+}
+
+# check_promoted FILE -> prints a problem, or nothing: a COLO secondary that
+# promoted its replica exits 0 with no error line and says "promoted".
+check_promoted() {
+    local f=$1 bad
+    if grep -Eq 'AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error' "$f"; then
+        echo "sanitizer report on stderr: $(grep -Em1 'Sanitizer|runtime error' "$f" | cut -c1-200)"
+        return
+    fi
+    if grep -q 'error:' "$f"; then
+        echo "error line on a promotion: $(grep -m1 'error:' "$f" | cut -c1-200)"
+        return
+    fi
+    if ! grep -qi 'promoted' "$f"; then
+        echo "exit 0 but no line says 'promoted': $(tr '\n' '|' <"$f" | cut -c1-300)"
+        return
+    fi
+    bad=$(grep -v -e '^multifd: ' -e '^multifd recv: COLO: ' "$f" | head -n 1)
+    if [ -n "$bad" ]; then
+        echo "stderr line outside the contract: $(echo "$bad" | cut -c1-200)"
+    fi
 }
 
 # check_stderr FILE PREFIX WANT_ERRORS -> prints a problem, or nothing.
@@ -185,18 +213,25 @@ compare_dirs() {
 #           err       recv exits 1 with one error line matching KEYWORDS (ERE, any case)
 #           soft      as err, but a KEYWORDS mismatch is only reported
 #           ok-or-err either a clean ok, or a clean err matching KEYWORDS
+#           promoted  (COLO) no DONE, recv exits 0 with no error line and a
+#                     line saying "promoted" that matches KEYWORDS; the
+#                     promoted replica's digests equal the blocks of the last
+#                     checkpoint the hostile source saw acknowledged
 #   RECV-ARGS: more options for `multifd recv` (e.g. --accept-compression none)
+#   CASE_INTO (environment, for one call): dir, anon or prealloc instead of
+#   HOSTILE_INTO (a COLO secondary maps its own memory: anon).
 run_src() {
     local label=$1 case=$2 transport=$3 expect=$4 kw=${5:-}
     shift $(($# < 5 ? $# : 5))
     local extra=("$@")
     local d="$T/src.$label" listen uri rpid rrc hrc why
+    local into_mode=${CASE_INTO:-$INTO}
     selected "$label" || return 0
     mkdir -p "$d/out" "$d/exp"
     if [ "$transport" = tcp ]; then listen=tcp:127.0.0.1:0; else listen="unix:$d/sock"; fi
     local into=("--into" "$d/out")
-    [ "$INTO" = anon ] && into=("--into" "anon:")
-    [ "$INTO" = prealloc ] && into=("--into" "anon:" "--prealloc")
+    [ "$into_mode" = anon ] && into=("--into" "anon:")
+    [ "$into_mode" = prealloc ] && into=("--into" "anon:" "--prealloc")
     timeout -k 2 "$RECV_TMO" "$MFD" recv --listen "$listen" "${into[@]}" "${extra[@]}" \
         --uri-file "$d/uri" >"$d/recv.out" 2>"$d/recv.err" &
     rpid=$!
@@ -231,7 +266,7 @@ run_src() {
             return
         fi
         why=$(check_stderr "$d/recv.err" "multifd recv" 0)
-        if [ "$INTO" = dir ]; then
+        if [ "$into_mode" = dir ]; then
             [ -z "$why" ] && why=$(compare_dirs "$d/exp" "$d/out")
         else
             [ -z "$why" ] && why=$(compare_digests "$d/exp" "$d/recv.out")
@@ -244,9 +279,33 @@ run_src() {
         return
     fi
 
-    # A failure is expected.
+    # A failure is expected, or (COLO) a promotion.
     if grep -q '^DONE' "$d/h.out"; then
         fail "$label" "destination sent DONE"
+        return
+    fi
+    if [ "$expect" = promoted ]; then
+        if [ "$hrc" -ne 0 ]; then
+            fail "$label" "$(grep -m1 '^HOSTILE-FAIL' "$d/h.out" | cut -c15-300) [recv $(status_text "$rrc"): $(first_line "$d/recv.err")]"
+            return
+        fi
+        if [ "$rrc" -ne 0 ]; then
+            fail "$label" "recv $(status_text "$rrc"), want 0 (promoted); stderr: $(tr '\n' '|' <"$d/recv.err" | cut -c1-240)"
+            return
+        fi
+        why=$(check_promoted "$d/recv.err")
+        [ -z "$why" ] && why=$(compare_digests "$d/exp" "$d/recv.out")
+        if [ -n "$why" ]; then
+            fail "$label" "$why"
+            return
+        fi
+        local pline
+        pline=$(grep -i -m1 'promoted' "$d/recv.err")
+        if [ -n "$kw" ] && ! grep -i 'promoted' "$d/recv.err" | grep -Eiq -- "$kw"; then
+            fail "$label" "promotion line lacks /$kw/: $pline"
+            return
+        fi
+        pass "$label" "$(echo "${pline#multifd*: }" | cut -c1-160); $(error_record_note "$d/h.out")"
         return
     fi
     if [ "$rrc" -ne 1 ]; then
@@ -550,6 +609,104 @@ run_src hello-refused-zlib hello-method-0x02 unix err 'zlib' --accept-compressio
 run_src hello-refused-zstd hello-method-0x04 unix err 'zstd' --accept-compression none
 run_src hello-refused-lz4 hello-method-0x06 unix err 'lz4' --accept-compression none,zstd
 run_src hello-refused-none hello-method-0x00 unix err 'none' --accept-compression zstd
+
+# --- COLO (PROTOCOL.md 4) against a plain `multifd recv` ---------------------
+# CHECKPOINT_BEGIN/END where COLO was not negotiated (not asked for, or asked
+# for and declined: READY must lack the COLO bit) are refused, naming the
+# record. HEARTBEAT (optional, empty) at every point of a plain migration is
+# skipped: the migration succeeds, every byte compared.
+run_src nocolo-begin nocolo-begin unix err 'CHECKPOINT_BEGIN'
+run_src nocolo-end nocolo-end unix err 'CHECKPOINT_END'
+run_src nocolo-begin-midpass nocolo-begin-midpass unix err 'CHECKPOINT_BEGIN'
+run_src nocolo-end-midpass nocolo-end-midpass unix err 'CHECKPOINT_END'
+run_src nocolo-asked-begin nocolo-asked-begin unix err 'CHECKPOINT_BEGIN'
+run_src nocolo-asked-end nocolo-asked-end unix err 'CHECKPOINT_END'
+run_src nocolo-asked-begin-hb nocolo-asked-begin-hb unix err 'CHECKPOINT_BEGIN'
+run_src heartbeat-mid heartbeat-mid unix ok
+run_src heartbeat-mid-tcp heartbeat-mid tcp ok
+run_src heartbeat-mid-2pass-legacy heartbeat-mid-2pass-legacy unix ok
+run_src heartbeat-mid-crc-verify heartbeat-mid-crc-verify unix ok
+run_src heartbeat-mid-zstd heartbeat-mid-zstd unix ok
+run_src heartbeat-mid-asked heartbeat-mid-asked unix ok
+
+# --- COLO (PROTOCOL.md 4) against a COLO destination -------------------------
+COLO_OPT=${HOSTILE_COLO_OPT:---x-colo}
+COLO_ON=${HOSTILE_COLO:-}
+if [ -z "$COLO_ON" ]; then
+    if "$MFD" recv --help 2>&1 | grep -q -- "$COLO_OPT"; then COLO_ON=1; else COLO_ON=0; fi
+fi
+# run_colo LABEL CASE EXPECT KEYWORDS [RECV-ARGS...]: recv with $COLO_OPT,
+# into anonymous memory (a secondary maps its own cache and replica).
+run_colo() {
+    local label=$1 case=$2 expect=$3 kw=$4 into=anon
+    shift 4
+    [ "$INTO" = prealloc ] && into=prealloc
+    CASE_INTO=$into run_src "$label" "$case" unix "$expect" "$kw" "$COLO_OPT" "$@"
+}
+if [ "$COLO_ON" = 1 ]; then
+    # Whole sessions: checkpoints of pages turned data, zero and back, an
+    # empty checkpoint, device state per checkpoint; ended by COMPLETE, and
+    # the final memory compared by digest.
+    run_colo colo-valid colo-valid ok ''
+    CASE_INTO=anon run_src colo-valid-tcp colo-valid tcp ok '' "$COLO_OPT"
+    run_colo colo-valid-hb colo-valid-hb ok ''
+    run_colo colo-valid-2pass-crc colo-valid-2pass-crc ok ''
+    run_colo colo-valid-verify colo-valid-verify ok ''
+    run_colo colo-valid-legacy colo-valid-legacy ok ''
+    run_colo colo-valid-nozpd colo-valid-nozpd ok ''
+    run_colo colo-valid-zstd colo-valid-zstd ok ''
+    run_colo colo-valid-devchunks colo-valid-devchunks ok ''
+    run_colo colo-stop-after-ckpt0 colo-stop-after-ckpt0 ok ''
+    # A source that does not ask for COLO: an ordinary migration.
+    run_colo colo-plain-source colo-plain-source ok ''
+    # --into DIR cannot hold a replica: COLO declined (a plain migration), or refused.
+    CASE_INTO=dir run_src colo-into-dir colo-into-dir unix ok-or-err 'colo' "$COLO_OPT"
+
+    # Before checkpoint 0 is committed there is no replica: the session fails.
+    run_colo colo-begin-wrong-id colo-begin-wrong-id err 'CHECKPOINT_BEGIN'
+    run_colo colo-end-nobegin colo-end-nobegin err 'CHECKPOINT_END'
+    run_colo colo-end-id colo-end-id err 'CHECKPOINT_END'
+    run_colo colo-complete-in-ckpt colo-complete-in-ckpt err 'COMPLETE'
+    run_colo colo-begin-nodev colo-begin-nodev err 'CHECKPOINT_BEGIN|DEVICE_STATE'
+    run_colo colo-begin-devpart colo-begin-devpart err 'CHECKPOINT_BEGIN|DEVICE_STATE'
+    run_colo colo-begin-midpass colo-begin-midpass err 'CHECKPOINT_BEGIN'
+    run_colo colo-ckpt0-pages colo-ckpt0-pages soft 'checkpoint 0|CHECKPOINT|DEVICE_STATE'
+    run_colo colo-begin-len0 colo-begin-len0 err 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-len4 colo-begin-len4 err 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-len16 colo-begin-len16 err 'CHECKPOINT_BEGIN'
+    run_colo colo-end-len4 colo-end-len4 err 'CHECKPOINT_END'
+    run_colo colo-end-len16 colo-end-len16 err 'CHECKPOINT_END'
+    run_colo colo-lost-before-ckpt0 colo-lost-before-ckpt0 err 'closed'
+    run_colo colo-lost-in-ckpt0 colo-lost-in-ckpt0 err 'closed'
+    run_colo colo-silent-before-ckpt0 colo-silent-before-ckpt0 err 'heartbeat' --heartbeat-timeout 1000
+
+    # After a committed checkpoint: the secondary promotes its replica (the
+    # last acknowledged checkpoint, compared by digest), exit 0, "promoted".
+    run_colo colo-lost-after-ckpt0 colo-lost-after-ckpt0 promoted 'closed'
+    run_colo colo-lost-mid-ckpt colo-lost-mid-ckpt promoted 'closed'
+    run_colo colo-lost-before-end colo-lost-before-end promoted 'closed'
+    run_colo colo-silent-after-ckpt0 colo-silent-after-ckpt0 promoted 'heartbeat' --heartbeat-timeout 1000
+    run_colo colo-silent-mid-ckpt colo-silent-mid-ckpt promoted 'heartbeat' --heartbeat-timeout 1000
+    run_colo colo-bad-packet-mid-ckpt colo-bad-packet-mid-ckpt promoted 'magic'
+    run_colo colo-data-closed-mid-ckpt colo-data-closed-mid-ckpt promoted 'closed'
+    run_colo colo-source-error-after colo-source-error-after promoted 'hostile-colo-primary-gives-up'
+    run_colo colo-begin-wrong-id-after colo-begin-wrong-id-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-repeat-after colo-begin-repeat-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-nested-after colo-begin-nested-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-end-nobegin-after colo-end-nobegin-after promoted 'CHECKPOINT_END'
+    run_colo colo-end-id-after colo-end-id-after promoted 'CHECKPOINT_END'
+    run_colo colo-end-nodev-after colo-end-nodev-after promoted 'CHECKPOINT_END'
+    run_colo colo-end-devpart-after colo-end-devpart-after promoted 'CHECKPOINT_END'
+    run_colo colo-end-midpass-after colo-end-midpass-after promoted 'CHECKPOINT_END'
+    run_colo colo-complete-in-ckpt-after colo-complete-in-ckpt-after promoted 'COMPLETE'
+    run_colo colo-begin-len0-after colo-begin-len0-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-len4-after colo-begin-len4-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-begin-len16-after colo-begin-len16-after promoted 'CHECKPOINT_BEGIN'
+    run_colo colo-end-len4-after colo-end-len4-after promoted 'CHECKPOINT_END'
+    run_colo colo-end-len16-after colo-end-len16-after promoted 'CHECKPOINT_END'
+elif [ -z "$ONLY" ] || [[ colo- =~ $ONLY ]]; then
+    echo "SKIP colo-* cases: HOSTILE_COLO=0, or \`$MFD recv --help\` lists no $COLO_OPT"
+fi
 
 # --- Destination cases: a real `multifd send` against this peer -----------
 run_dst dest-valid dest-valid ok '' "$SEND_TMO" unix -- --channels 3 "${F[@]}"

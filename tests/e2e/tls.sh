@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# TLS on every channel (PROTOCOL.md 6), with certificates and keys made here
+# by certtool (gnutls-bin). Every migration that must succeed is verified
+# (the destination's XXH3-64 digest of the block against xxhsum -H3); every
+# one that must fail exits 1 with one error line naming the cause, and the
+# destination never completes a session with a peer it refused.
+#   x509: default host (the URI's 127.0.0.1), an overridden host
+#         (--tls-hostname localhost), a mismatched host, an anonymous client
+#         allowed (--tls-verify-peer off) and refused (default), a client DN
+#         inside and outside --tls-authz, an expired server certificate,
+#         an unknown CA; 4 channels, zstd compression over TLS.
+#   psk:  matching keys, mismatching keys.
+#   mixing: a plaintext source against a TLS destination and the reverse;
+#         zero-copy-send with TLS refused.
+# Usage: tls.sh PATH-TO-multifd
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+e2e_init tls "${1:-}"
+
+if ! command -v certtool >/dev/null; then
+    skip tls "certtool (gnutls-bin) is not installed"
+    e2e_finish
+fi
+
+P=$E2E_TMP/pki
+mkdir -p "$P/srv" "$P/cli" "$P/anon" "$P/old" "$P/other" "$P/cli2"
+gen() { certtool "$@" >/dev/null 2>&1; }
+tmpl() { printf '%s\n' "$@" >"$P/t.tmpl"; }
+# ca_make DIR: a CA in DIR (ca-key.pem, ca-cert.pem).
+ca_make() {
+    gen --generate-privkey --outfile "$1/ca-key.pem"
+    tmpl 'cn = "multifd test CA"' ca cert_signing_key 'expiration_days = 30'
+    gen --generate-self-signed --load-privkey "$1/ca-key.pem" \
+        --template "$P/t.tmpl" --outfile "$1/ca-cert.pem"
+}
+# leaf CADIR OUTDIR ROLE TEMPLATE-LINES...: ROLE-key.pem / ROLE-cert.pem.
+leaf() {
+    local ca=$1 out=$2 role=$3
+    shift 3
+    gen --generate-privkey --outfile "$out/$role-key.pem"
+    tmpl "$@" encryption_key signing_key
+    gen --generate-certificate --load-privkey "$out/$role-key.pem" \
+        --load-ca-certificate "$ca/ca-cert.pem" --load-ca-privkey "$ca/ca-key.pem" \
+        --template "$P/t.tmpl" --outfile "$out/$role-cert.pem"
+    cp "$ca/ca-cert.pem" "$out/"
+}
+mkdir -p "$P/ca" "$P/ca2"
+ca_make "$P/ca"
+ca_make "$P/ca2"
+leaf "$P/ca" "$P/srv" server 'cn = "localhost"' 'dns_name = "localhost"' \
+    'ip_address = "127.0.0.1"' tls_www_server 'expiration_days = 30'
+leaf "$P/ca" "$P/cli" client 'cn = "source1"' 'organization = "Example"' \
+    tls_www_client 'expiration_days = 30'
+cp "$P/ca/ca-cert.pem" "$P/anon/"
+leaf "$P/ca" "$P/old" server 'cn = "localhost"' 'ip_address = "127.0.0.1"' \
+    tls_www_server 'activation_date = "2020-01-01 00:00:00 UTC"' \
+    'expiration_date = "2020-02-01 00:00:00 UTC"'
+leaf "$P/ca2" "$P/other" client 'cn = "source1"' 'organization = "Example"' \
+    tls_www_client 'expiration_days = 30'
+cp "$P/ca/ca-cert.pem" "$P/other/"   # trusts our server; signed by ca2
+if [ ! -s "$P/srv/server-cert.pem" ] || [ ! -s "$P/old/server-cert.pem" ]; then
+    fail setup "certtool could not make the test certificates"
+    e2e_finish
+fi
+printf 'src1:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$P/keys.psk"
+printf 'src1:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$P/wrong.psk"
+
+BLK=$E2E_TMP/blk.ram
+python3 -c '
+import os, sys
+with open(sys.argv[1], "wb") as f:
+    for i in range(2048):
+        f.write(os.urandom(4096) if i % 3 else bytes(4096))' "$BLK"
+WANT=$(xxh3 "$BLK")
+
+# ok TAG "RECV-ARGS" SEND-ARGS...: a verified migration.
+ok() {
+    local tag=$1 rargs=$2
+    shift 2
+    # shellcheck disable=SC2086
+    if ! start_recv "$tag.recv" --listen tcp:127.0.0.1:0 --into anon: $rargs; then
+        fail "$tag/start" "$RECV_WHY"
+        return
+    fi
+    run_fg "$tag.send" 60 "$MULTIFD" send --to "$RECV_URI" --channels 2 "$@" "$BLK"
+    local src=$FG_RC
+    bg_wait "$RECV_PID" 20
+    local got
+    got=$(sed -n 's/^digest blk.ram //p' "$E2E_TMP/$tag.recv.out")
+    if [ "$src" = 0 ] && [ "$BG_RC" = 0 ] && [ "$got" = "$WANT" ]; then
+        pass "$tag"
+    else
+        fail "$tag" "send $src, recv $BG_RC, digest '$got' (want $WANT)"
+        show_file "$E2E_TMP/$tag.send.err"
+        show_file "$E2E_TMP/$tag.recv.err"
+    fi
+    check_stderr_clean "$tag/stderr" "$E2E_TMP/$tag.send.err"
+}
+
+# refused TAG WORDS "RECV-ARGS" SEND-ARGS...: the source fails with WORDS;
+# the destination, which saw only strangers, is still waiting: stopped here.
+refused() {
+    local tag=$1 words=$2 rargs=$3
+    shift 3
+    # shellcheck disable=SC2086
+    if ! start_recv "$tag.recv" --listen tcp:127.0.0.1:0 --into anon: \
+        --handshake-timeout 3000 $rargs; then
+        fail "$tag/start" "$RECV_WHY"
+        return
+    fi
+    run_fg "$tag.send" 60 "$MULTIFD" send --to "$RECV_URI" --channels 2 \
+        --handshake-timeout 3000 "$@" "$BLK"
+    check_refused "$tag" "$FG_RC" "$E2E_TMP/$tag.send.err" "$words"
+    kill "$RECV_CHILD" 2>/dev/null
+    bg_wait "$RECV_PID" 10
+    if grep -q "completed" "$E2E_TMP/$tag.recv.out"; then
+        fail "$tag/destination" "the destination completed a refused session"
+    fi
+}
+
+ok x509 "--tls-creds $P/srv" --tls-creds "$P/cli"
+ok x509-hostname "--tls-creds $P/srv" --tls-creds "$P/cli" --tls-hostname localhost
+ok x509-4ch-zstd "--tls-creds $P/srv" --tls-creds "$P/cli" --channels 4 \
+    --multifd-compression zstd
+refused x509-wrong-host "does not match" "--tls-creds $P/srv" \
+    --tls-creds "$P/cli" --tls-hostname other.example
+ok x509-anon-allowed "--tls-creds $P/srv --tls-verify-peer off" --tls-creds "$P/anon"
+refused x509-anon-refused "refused this source's certificate" "--tls-creds $P/srv" --tls-creds "$P/anon"
+if grep -q "no certificate\|certificate" "$E2E_TMP/x509-anon-refused.recv.err"; then
+    pass x509-anon-refused/destination-says-why
+else
+    fail x509-anon-refused/destination-says-why "no log line about the missing certificate"
+    show_file "$E2E_TMP/x509-anon-refused.recv.err"
+fi
+ok x509-authz "--tls-creds $P/srv --tls-authz CN=source1,O=Example" --tls-creds "$P/cli"
+refused x509-authz-outside "closed\|TLS" "--tls-creds $P/srv --tls-authz CN=someone-else" \
+    --tls-creds "$P/cli"
+if grep -q "not in the tls-authz list" "$E2E_TMP/x509-authz-outside.recv.err"; then
+    pass x509-authz-outside/destination-says-why
+else
+    fail x509-authz-outside/destination-says-why "no tls-authz line"
+    show_file "$E2E_TMP/x509-authz-outside.recv.err"
+fi
+refused x509-expired "expired" "--tls-creds $P/old" --tls-creds "$P/cli"
+refused x509-unknown-ca "refused this source's certificate" "--tls-creds $P/srv" --tls-creds "$P/other"
+
+ok psk "--tls-psk $P/keys.psk" --tls-psk "$P/keys.psk"
+refused psk-mismatch "TLS" "--tls-psk $P/keys.psk" --tls-psk "$P/wrong.psk"
+
+refused plain-to-tls "preamble" "--tls-creds $P/srv"
+refused tls-to-plain "TLS" "" --tls-creds "$P/cli"
+run_fg zerocopy 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
+    --zero-copy-send "$BLK"
+check_refused zerocopy-refused "$FG_RC" "$E2E_TMP/zerocopy.err" "zero-copy-send cannot be combined with TLS"
+
+e2e_finish
