@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-qemu fuzz install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-tls bench-qemu fuzz install clean
 
 all: build
 
@@ -73,6 +73,10 @@ bench-snapshot: build
 # channels, staging on and off (about 15 minutes).
 bench-colo: build
 	bash bench/colo.sh $(BUILD)/tools/multifd
+
+# TLS vs plaintext GB/s for 1, 2, 4 channels (random content).
+bench-tls: build
+	bash bench/tls.sh $(BUILD)/tools/multifd
 
 # Side by side with QEMU 7.2 and 10.0.2 (fetched by the script); QUICK=1 for
 # the 1 GiB subset. Writes docs/benchmarks/qemu.md and qemu.png.

@@ -403,26 +403,25 @@ int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)
     return mfd__writev_full_flags(fd, iov, iovcnt, 0);
 }
 
-/* TLS: the iovecs as records, corked so small pieces share one. */
+/*
+ * TLS: each iovec as records of its own. (Measured and dropped: GnuTLS
+ * corking, which copies everything into its buffer first, 0.90 against
+ * 1.03 GB/s on 2 channels; TCP_CORK around a packet's records, within the
+ * noise.)
+ */
 static int tls_writev(void *tls, struct iovec *iov, int iovcnt)
 {
-    mfd__tls_cork(tls, true);
     for (int i = 0; i < iovcnt; i++) {
         const char *p = iov[i].iov_base;
         size_t left = iov[i].iov_len;
         while (left) {
             ssize_t n = mfd__tls_write(tls, p, left);
-            if (n < 0) {
-                int e = errno;
-                mfd__tls_cork(tls, false);
-                errno = e;
+            if (n < 0)
                 return MFD_IO_ERROR;
-            }
             p += n;
             left -= (size_t)n;
         }
     }
-    mfd__tls_cork(tls, false);
     return MFD_IO_OK;
 }
 

@@ -101,16 +101,6 @@ bool mfd__tls_pending(void *t)
     return gnutls_record_check_pending(t) > 0;
 }
 
-void mfd__tls_cork(void *t, bool on)
-{
-    if (on)
-        gnutls_record_cork(t);
-    else
-        while (gnutls_record_uncork(t, GNUTLS_RECORD_WAIT) ==
-               GNUTLS_E_AGAIN)
-            ;
-}
-
 /* ---- credentials -------------------------------------------------------- */
 
 struct mfd_tls {

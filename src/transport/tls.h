@@ -45,6 +45,5 @@ void *mfd__tls_of(int fd);
 ssize_t mfd__tls_read(void *t, void *buf, size_t len);
 ssize_t mfd__tls_write(void *t, const void *buf, size_t len);
 bool mfd__tls_pending(void *t);
-void mfd__tls_cork(void *t, bool on);
 
 #endif

@@ -2118,6 +2118,7 @@ static int run_source_killed(const char *uri)
  *   K      a packet with a wrong magic on data channel 0
  *   Q      data channel 1 closes
  *   R      an ERROR record from the source
+ *   N      a CANCEL record from the source
  *   X      every connection closes: the source is gone
  *   S      silence: nothing more is sent, every connection stays open
  * A script that does not end in C (or X) ends waiting for the destination
@@ -2220,6 +2221,11 @@ static const struct colo_case {
     { "colo-begin-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1/16" },
     { "colo-end-len4-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/4" },
     { "colo-end-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/16" },
+    /* experiments */
+    { "x-pipe1", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 B2 P D E2 A1 A2 C" },
+    { "x-pipe0", CF_ASK | CF_COLO, "M D B0 E0 B1 P D E1 A0 A1 C" },
+    { "x-pipe8", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 B2 P D E2 B3 P D E3 B4 P D E4 B5 P D E5 B6 P D E6 B7 P D E7 B8 P D E8 A1 A2 A3 A4 A5 A6 A7 A8 C" },
+    { "x-cancel", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p N" },
 };
 
 static const struct colo_case *colo_case_find(const char *name)
@@ -2527,6 +2533,12 @@ static int run_colo_case(const char *uri, const char *dir, const struct colo_cas
             put32(b, 5);
             memcpy(b + 4, why, sizeof(why) - 1);
             send_record(s.main_fd, REC_ERROR, b, (uint32_t)(4 + sizeof(why) - 1));
+            break;
+        }
+        case 'N': {
+            static const char why[] = "hostile-colo-primary-cancels";
+
+            send_record(s.main_fd, REC_CANCEL, why, sizeof(why) - 1);
             break;
         }
         case 'X':
@@ -3579,7 +3591,7 @@ static void selftest_colo_list(void)
         if (!listed)
             hfail("COLO case %s is missing from all_cases[]", colo_cases[i].name);
         for (const char *t = colo_cases[i].script; *t; t++)
-            if (!strchr("MmDdPpZBEAHCcKQRXS0123456789/ ", *t))
+            if (!strchr("MmDdPpZBEAHCcKQRNXS0123456789/ ", *t))
                 hfail("COLO case %s: bad step character '%c'", colo_cases[i].name, *t);
     }
 }

@@ -676,19 +676,19 @@ if [ "$COLO_ON" = 1 ]; then
     run_colo colo-begin-len16 colo-begin-len16 err 'CHECKPOINT_BEGIN'
     run_colo colo-end-len4 colo-end-len4 err 'CHECKPOINT_END'
     run_colo colo-end-len16 colo-end-len16 err 'CHECKPOINT_END'
-    run_colo colo-lost-before-ckpt0 colo-lost-before-ckpt0 err 'closed'
-    run_colo colo-lost-in-ckpt0 colo-lost-in-ckpt0 err 'closed'
+    run_colo colo-lost-before-ckpt0 colo-lost-before-ckpt0 err 'closed|reset'
+    run_colo colo-lost-in-ckpt0 colo-lost-in-ckpt0 err 'closed|reset'
     run_colo colo-silent-before-ckpt0 colo-silent-before-ckpt0 err 'heartbeat' --heartbeat-timeout 1000
 
     # After a committed checkpoint: the secondary promotes its replica (the
     # last acknowledged checkpoint, compared by digest), exit 0, "promoted".
-    run_colo colo-lost-after-ckpt0 colo-lost-after-ckpt0 promoted 'closed'
-    run_colo colo-lost-mid-ckpt colo-lost-mid-ckpt promoted 'closed'
-    run_colo colo-lost-before-end colo-lost-before-end promoted 'closed'
+    run_colo colo-lost-after-ckpt0 colo-lost-after-ckpt0 promoted 'closed|reset'
+    run_colo colo-lost-mid-ckpt colo-lost-mid-ckpt promoted 'closed|reset'
+    run_colo colo-lost-before-end colo-lost-before-end promoted 'closed|reset'
     run_colo colo-silent-after-ckpt0 colo-silent-after-ckpt0 promoted 'heartbeat' --heartbeat-timeout 1000
     run_colo colo-silent-mid-ckpt colo-silent-mid-ckpt promoted 'heartbeat' --heartbeat-timeout 1000
     run_colo colo-bad-packet-mid-ckpt colo-bad-packet-mid-ckpt promoted 'magic'
-    run_colo colo-data-closed-mid-ckpt colo-data-closed-mid-ckpt promoted 'closed'
+    run_colo colo-data-closed-mid-ckpt colo-data-closed-mid-ckpt promoted 'closed|reset'
     run_colo colo-source-error-after colo-source-error-after promoted 'hostile-colo-primary-gives-up'
     run_colo colo-begin-wrong-id-after colo-begin-wrong-id-after promoted 'CHECKPOINT_BEGIN'
     run_colo colo-begin-repeat-after colo-begin-repeat-after promoted 'CHECKPOINT_BEGIN'
