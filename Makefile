@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?= --output-on-failure -j$(JOBS)
 BENCH_ARGS ?= --size 1G --content random --channels 2 --runs 3
 
-.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-tls bench-qemu fuzz install clean
+.PHONY: all deps build demo check check-asan check-tsan test bench bench-live bench-methods bench-snapshot bench-colo bench-tls bench-qemu fuzz tsan install clean
 
 all: build
 
@@ -52,6 +52,8 @@ check-tsan: deps
 	  HOSTILE_SKIP='^source-killed' ctest $(CTEST_ARGS)
 
 test: check
+
+tsan: check-tsan
 
 bench: build
 	$(BUILD)/tools/multifd bench $(BENCH_ARGS)

@@ -339,7 +339,9 @@ MFD_API int mfd_param_bounds(mfd_param p, int64_t *min, int64_t *max);
  * Sets a parameter by its QEMU-style name (as in the comments above) from
  * a string: a decimal number, "on"/"off", for zero-page-detection
  * "none"/"legacy"/"multifd", for dirty-tracker "none"/"manual"/"uffd-wp".
- * Sizes accept K, M, G, T suffixes (powers of 1024).
+ * Sizes accept K, M, G, T suffixes (powers of 1024). The TLS settings
+ * take strings by name too: "tls-creds" (mfd_set_tls_x509), "tls-psk",
+ * "tls-hostname", "tls-authz" (adds one).
  */
 MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
                                   const char *value);

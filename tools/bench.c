@@ -142,6 +142,7 @@ int cmd_bench(int argc, char **argv)
                 fputs(bench_usage, stderr);
                 return 2;
             }
+            cli_tls_remember(name, v);
             if (!strcmp(name, "multifd-channels")) {
                 channels = atoi(v);
                 if (channels < 1 || channels > 255) {

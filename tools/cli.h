@@ -27,6 +27,16 @@ void cli_progress_stop(void);
 
 #include <getopt.h>
 
+/*
+ * The TLS credentials the shared options set (NULL: none), for the demo's
+ * and the bench's own destination processes, which use the same ones.
+ */
+extern const char *cli_tls_creds, *cli_tls_psk;
+/* Notes a shared option that sets them (by parameter name). */
+void cli_tls_remember(const char *name, const char *value);
+/* Applies them to a destination session; 0 or -1 (mfd_last_error). */
+int cli_tls_apply(mfd_session *s);
+
 /* Help text of the shared migration options. */
 extern const char cli_migration_usage[];
 /*

@@ -61,7 +61,7 @@ static void child_main(int wfd, const char *listen_uri, bool prealloc,
     if (!out || !s)
         _exit(3);
     if ((prealloc && mfd_set_param(s, MFD_PARAM_PREALLOC, 1)) ||
-        mfd_listen(s, listen_uri)) {
+        cli_tls_apply(s) || mfd_listen(s, listen_uri)) {
         fprintf(out, "error %s\n", mfd_last_error(s));
         fclose(out);
         _exit(1);

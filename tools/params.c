@@ -143,17 +143,32 @@ const char *cli_migration_param(int val, const char *arg, const char **value)
     return NULL;
 }
 
+const char *cli_tls_creds, *cli_tls_psk;
+
+void cli_tls_remember(const char *name, const char *value)
+{
+    if (!strcmp(name, "tls-creds"))
+        cli_tls_creds = value;
+    if (!strcmp(name, "tls-psk"))
+        cli_tls_psk = value;
+}
+
+int cli_tls_apply(mfd_session *s)
+{
+    if (cli_tls_creds && mfd_set_tls_x509(s, cli_tls_creds))
+        return -1;
+    if (cli_tls_psk && mfd_set_tls_psk(s, cli_tls_psk))
+        return -1;
+    return 0;
+}
+
 int cli_migration_option(mfd_session *s, int val, const char *arg)
 {
     const char *value, *name = cli_migration_param(val, arg, &value);
     if (!name)
         return 1;
-    /* The TLS settings are strings, not numeric parameters. */
-    int rc = val == OPT_TLS_CREDS      ? mfd_set_tls_x509(s, value)
-             : val == OPT_TLS_PSK      ? mfd_set_tls_psk(s, value)
-             : val == OPT_TLS_HOSTNAME ? mfd_set_tls_hostname(s, value)
-                                       : mfd_set_param_by_name(s, name, value);
-    return rc ? -1 : 0;
+    cli_tls_remember(name, value);
+    return mfd_set_param_by_name(s, name, value) ? -1 : 0;
 }
 
 bool cli_progress_mode(const char *arg, int argc, char **argv,

@@ -475,6 +475,15 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
     for (size_t i = 0; i < MFD_ARRAY_SIZE(params); i++)
         if (!strcmp(params[i].name, name))
             d = &params[i];
+    /* The TLS settings are strings (QEMU: tls-creds objects, tls-hostname). */
+    if (!d && !strcmp(name, "tls-creds"))
+        return mfd_set_tls_x509(s, value);
+    if (!d && !strcmp(name, "tls-psk"))
+        return mfd_set_tls_psk(s, value);
+    if (!d && !strcmp(name, "tls-hostname"))
+        return mfd_set_tls_hostname(s, value);
+    if (!d && !strcmp(name, "tls-authz"))
+        return mfd_add_tls_authz(s, value);
     if (!d)
         return mfd__set_error(s, MFD_EINVAL, "unknown parameter '%s'", name);
 

@@ -12,6 +12,7 @@
 #   psk:  matching keys, mismatching keys.
 #   mixing: a plaintext source against a TLS destination and the reverse;
 #         zero-copy-send with TLS refused.
+#   demo (x509) and bench (PSK) over TLS, verified.
 # Usage: tls.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -151,6 +152,26 @@ refused psk-mismatch "TLS" "--tls-psk $P/keys.psk" --tls-psk "$P/wrong.psk"
 
 refused plain-to-tls "preamble" "--tls-creds $P/srv"
 refused tls-to-plain "TLS" "" --tls-creds "$P/cli"
+# demo and bench open channels too: one x509 directory for both ends.
+mkdir -p "$P/both"
+cp "$P/srv/"* "$P/cli/"* "$P/both/" 2>/dev/null
+run_fg demo-tls 120 "$MULTIFD" demo --size 64M --writers 1 --dirty-rate 16M \
+    --channels 2 --tls-creds "$P/both"
+if [ "$FG_RC" = 0 ] && grep -q "multifd demo: verified" "$E2E_TMP/demo-tls.out"; then
+    pass demo-tls
+else
+    fail demo-tls "exit $FG_RC"
+    show_file "$E2E_TMP/demo-tls.err"
+fi
+run_fg bench-tls 120 "$MULTIFD" bench --size 64M --content random --runs 1 \
+    --no-refs --tls-psk "$P/keys.psk"
+if [ "$FG_RC" = 0 ] && grep -q "verified" "$E2E_TMP/bench-tls.out"; then
+    pass bench-tls-psk
+else
+    fail bench-tls-psk "exit $FG_RC"
+    show_file "$E2E_TMP/bench-tls.err"
+fi
+
 run_fg zerocopy 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
     --zero-copy-send "$BLK"
 check_refused zerocopy-refused "$FG_RC" "$E2E_TMP/zerocopy.err" "zero-copy-send cannot be combined with TLS"
