@@ -11,7 +11,7 @@ B=build-fuzz
 CC=clang cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMFD_FUZZ=ON \
     -DMFD_WERROR=OFF >/dev/null
 cmake --build "$B" -j"$(nproc)"
-for t in wire snapshot; do mkdir -p "$B/corpus/$t"; done
+for t in wire snapshot main; do mkdir -p "$B/corpus/$t"; done
 
 # Seeds from the real tool: a small snapshot of two blocks (data and zero
 # pages; the snapshot's pages region makes it 3 MiB, mostly holes).
@@ -25,8 +25,27 @@ if [ ! -f "$B/corpus/snapshot/seed.snap" ]; then
     rm -rf "$d"
 fi
 
+# A destination's main channel, as a real source starts it: preamble, HELLO
+# (2 channels), a block, SETUP_END, a pass's end, the device state, COMPLETE.
+if [ ! -f "$B/corpus/main/seed" ]; then
+    python3 - "$B/corpus/main/seed" <<'PYEOF'
+import struct, sys
+def rec(t, body=b""):
+    return struct.pack(">II", t, len(body)) + body + b"\0" * ((-len(body)) % 8)
+out = struct.pack(">II", 0x4D464443, 1) + b"\0" * 8
+out += rec(1, bytes(range(16)) + struct.pack(">IIIIiIQII", 4096, 128, 2, 0, 0, 2, 0, 1, 0))
+out += rec(2, struct.pack(">QII", 1 << 20, 0, 3) + b"ram")
+out += rec(3)
+out += rec(0x10, struct.pack(">IIQ", 0, 1, 4096))
+out += rec(0x11, struct.pack(">Q", 1))
+out += rec(0x20, struct.pack(">I", 1) + b"dev")
+out += rec(0x22, struct.pack(">QQQ", 0, 1, 0))
+open(sys.argv[1], "wb").write(out)
+PYEOF
+fi
+
 fail=0
-for t in wire snapshot; do
+for t in wire snapshot main; do
     echo "fuzz: $t for ${SECS}s"
     if ! (cd "$B" && ASAN_OPTIONS=detect_leaks=1 "./fuzz_$t" \
         -max_total_time="$SECS" -max_len=4200000 -rss_limit_mb=4096 \
@@ -38,5 +57,5 @@ for t in wire snapshot; do
         grep -E "stat::number_of_executed_units|Done" "$B/fuzz_$t.log" | tail -1
     fi
 done
-if [ "$fail" = 0 ]; then echo "fuzz: 2 passed, 0 failed"; else echo "fuzz: failed"; fi
+if [ "$fail" = 0 ]; then echo "fuzz: 3 passed, 0 failed"; else echo "fuzz: failed"; fi
 exit "$fail"
