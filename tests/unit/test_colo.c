@@ -40,6 +40,7 @@ static struct {
     uint64_t got[MAXCK];   /* digest of the replica after commit k */
     uint64_t committed;    /* commits seen */
     uint64_t acked;        /* last acknowledged id */
+    uint64_t resumes;      /* resume callbacks (the first: after checkpoint 0) */
     char dev[32];
 } g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
@@ -56,6 +57,10 @@ static void on_pause(void *opaque)
 static void on_resume(void *opaque)
 {
     (void)opaque;
+    pthread_mutex_lock(&g.lock);
+    g.resumes++;
+    pthread_cond_broadcast(&g.cond);
+    pthread_mutex_unlock(&g.lock);
 }
 
 static void on_checkpoint(void *opaque, const mfd_checkpoint_info *c)
@@ -130,9 +135,16 @@ static void test_colo_checkpoints(void **state)
     assert_int_equal(mfd_add_block(s, "ram", g.mem, LEN), 0);
     assert_int_equal(pthread_create(&st, NULL, primary_main, s), 0);
 
-    /* Checkpoint 0 is committed when the state is PROTECTED. */
-    while (mfd_colo_state_get(s) != MFD_COLO_PROTECTED)
-        usleep(1000);
+    /*
+     * Checkpoint 0 is committed and the "writers" (this thread) resumed:
+     * waiting on the resume callback orders these writes after the
+     * channels' reads of the migration.
+     */
+    pthread_mutex_lock(&g.lock);
+    while (!g.resumes)
+        pthread_cond_wait(&g.cond, &g.lock);
+    pthread_mutex_unlock(&g.lock);
+    assert_int_equal(mfd_colo_state_get(s), MFD_COLO_PROTECTED);
     write_page(5, 0xaa);              /* a page written */
     write_page(6, 0);                 /* a data page turned zero */
     checkpoint(1);
