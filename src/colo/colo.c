@@ -145,13 +145,15 @@ int mfd__colo_begin(mfd_session *s, const uint8_t *body, uint32_t len)
     if (!(s->features & MFD_FEAT_COLO))
         return mfd__fail(s, MFD_EPROTO,
                          "CHECKPOINT_BEGIN without feature COLO negotiated");
-    uint64_t id = len == 8 ? mfd__get_be64(body) : UINT64_MAX;
-    if (len != 8 || id != s->colo_next_id || s->colo_in_ckpt)
+    if (len != 8)
         return mfd__fail(s, MFD_EPROTO,
-                         "CHECKPOINT_BEGIN %" PRIu64 " (body %u bytes): "
-                         "expected %" PRIu64 "%s",
-                         id, len, s->colo_next_id,
-                         s->colo_in_ckpt ? " after the previous END" : "");
+                         "CHECKPOINT_BEGIN: body length %u (must be 8)", len);
+    uint64_t id = mfd__get_be64(body);
+    if (id != s->colo_next_id || s->colo_in_ckpt)
+        return mfd__fail(s, MFD_EPROTO,
+                         "CHECKPOINT_BEGIN %" PRIu64 ": expected %s%" PRIu64,
+                         id, s->colo_in_ckpt ? "CHECKPOINT_END " : "",
+                         s->colo_next_id);
     if (!s->device_state_done)
         return mfd__fail(s, MFD_EPROTO,
                          "CHECKPOINT_BEGIN %" PRIu64 " before the last "
@@ -203,11 +205,13 @@ static void commit(mfd_session *s)
 
 int mfd__colo_end(mfd_session *s, const uint8_t *body, uint32_t len)
 {
-    uint64_t id = len == 8 ? mfd__get_be64(body) : UINT64_MAX;
-    if (!s->colo_in_ckpt || len != 8 || id != s->colo_next_id)
+    if (len != 8)
         return mfd__fail(s, MFD_EPROTO,
-                         "CHECKPOINT_END %" PRIu64 " (body %u bytes) %s",
-                         id, len,
+                         "CHECKPOINT_END: body length %u (must be 8)", len);
+    uint64_t id = mfd__get_be64(body);
+    if (!s->colo_in_ckpt || id != s->colo_next_id)
+        return mfd__fail(s, MFD_EPROTO, "CHECKPOINT_END %" PRIu64 " %s",
+                         id,
                          s->colo_in_ckpt ? "does not match its BEGIN"
                                          : "without CHECKPOINT_BEGIN");
     if (!s->device_state_done)

@@ -1022,21 +1022,22 @@ static int on_device_state(mfd_session *s, const uint8_t *body, uint32_t len)
  */
 static int channels_parked(mfd_session *s, const char *what)
 {
-    int rc = 0;
+    int bad = -1;
     pthread_mutex_lock(&s->sync_lock);
-    for (uint32_t i = 0; i < s->nchan && !rc; i++) {
+    for (uint32_t i = 0; i < s->nchan && bad < 0; i++) {
         mfd_recv_chan *ch = &s->rc[i];
         if (ch->synced != s->released_iter ||
             __atomic_load_n(&ch->since_sync, __ATOMIC_RELAXED))
-            rc = -1;
-        if (rc)
-            mfd__fail(s, MFD_EPROTO,
-                      "main channel: %s while channel %u still has data after "
-                      "its last SYNC",
-                      what, i);
+            bad = (int)i;
     }
     pthread_mutex_unlock(&s->sync_lock);
-    return rc;
+    /* Failing wakes the sync_cond waiters: never with sync_lock held. */
+    if (bad >= 0)
+        return mfd__fail(s, MFD_EPROTO,
+                         "main channel: %s while channel %d still has data "
+                         "after its last SYNC",
+                         what, bad);
+    return 0;
 }
 
 /* Handles one record; returns 1 when the migration is complete. */

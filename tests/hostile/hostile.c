@@ -2114,8 +2114,11 @@ static int run_source_killed(const char *uri)
  *   H      HEARTBEAT (empty body)
  *   C      DIGESTS (with VERIFY), COMPLETE, wait for DONE: the session ends
  *          well; the blocks as they are now are written to DIR
- *   c      COMPLETE, as a violation (inside a checkpoint)
+ *   c      COMPLETE, as a violation (inside a checkpoint, say)
+ *   I      DIGESTS of the blocks as they are now, as a violation
  *   K      a packet with a wrong magic on data channel 0
+ *   k      a valid packet (4 pages of ram1, as they are) on data channel 0
+ *          outside any pass, then 300 ms for the destination to read it
  *   Q      data channel 1 closes
  *   R      an ERROR record from the source
  *   N      a CANCEL record from the source
@@ -2221,11 +2224,13 @@ static const struct colo_case {
     { "colo-begin-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1/16" },
     { "colo-end-len4-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/4" },
     { "colo-end-len16-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1/16" },
-    /* experiments */
-    { "x-pipe1", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 B2 P D E2 A1 A2 C" },
-    { "x-pipe0", CF_ASK | CF_COLO, "M D B0 E0 B1 P D E1 A0 A1 C" },
-    { "x-pipe8", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D E1 B2 P D E2 B3 P D E3 B4 P D E4 B5 P D E5 B6 P D E6 B7 P D E7 B8 P D E8 A1 A2 A3 A4 A5 A6 A7 A8 C" },
-    { "x-cancel", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p N" },
+    /* Pages after a pass's last SYNC, outside any pass. */
+    { "data-after-last-sync", 0, "M D k c" },
+    { "data-after-last-sync-verify", CF_VERIFY, "M D k I c" },
+    { "colo-data-after-sync", CF_ASK | CF_COLO, "M D k B0 E0" },
+    { "colo-data-after-sync-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 P D k E1" },
+    /* A CANCEL after a commit: PROTOCOL.md does not say promote or fail. */
+    { "colo-cancel-after", CF_ASK | CF_COLO, "M D B0 E0 A0 B1 p N" },
 };
 
 static const struct colo_case *colo_case_find(const char *name)
@@ -2511,6 +2516,7 @@ static int run_colo_case(const char *uri, const char *dir, const struct colo_cas
             ended = true;
             break;
         case 'c': src_complete(&s, 0); break;
+        case 'I': src_digests(&s, false); break;
         case 'K': {
             uint8_t hdr[HDR_FIXED + 8 * MAX_PPP];
             uint8_t *payload = xcalloc(MAX_PPP, s.ps);
@@ -2520,6 +2526,19 @@ static int run_colo_case(const char *uri, const char *dir, const struct colo_cas
             put32(hdr, DATA_MAGIC + 1);
             send_packet(&s, 0, hdr, payload, plen);
             free(payload);
+            break;
+        }
+        case 'k': {
+            uint8_t hdr[HDR_FIXED + 8 * MAX_PPP];
+            uint8_t *payload = xcalloc(MAX_PPP + 1, s.ps);
+            size_t plen;
+
+            probe_packet(&s, hdr, payload, &plen);
+            plen = pkt_compress(&s, 0, hdr, payload, plen);
+            pkt_crc(&s, hdr, payload, plen, 1);
+            send_packet(&s, 0, hdr, payload, plen);
+            free(payload);
+            usleep(300000);
             break;
         }
         case 'Q':
@@ -3577,7 +3596,8 @@ static const char *const all_cases[] = {
     "colo-end-id-after", "colo-end-nodev-after", "colo-end-devpart-after",
     "colo-end-midpass-after", "colo-complete-in-ckpt-after", "colo-begin-len0-after",
     "colo-begin-len4-after", "colo-begin-len16-after", "colo-end-len4-after",
-    "colo-end-len16-after",
+    "colo-end-len16-after", "data-after-last-sync", "data-after-last-sync-verify",
+    "colo-data-after-sync", "colo-data-after-sync-after", "colo-cancel-after",
 };
 
 /* Every scripted COLO case is listed, and every script uses known steps. */
@@ -3591,7 +3611,7 @@ static void selftest_colo_list(void)
         if (!listed)
             hfail("COLO case %s is missing from all_cases[]", colo_cases[i].name);
         for (const char *t = colo_cases[i].script; *t; t++)
-            if (!strchr("MmDdPpZBEAHCcKQRNXS0123456789/ ", *t))
+            if (!strchr("MmDdPpZBEAHCcIKkQRNXS0123456789/ ", *t))
                 hfail("COLO case %s: bad step character '%c'", colo_cases[i].name, *t);
     }
 }

@@ -217,9 +217,11 @@ compare_dirs() {
 #                     line saying "promoted" that matches KEYWORDS; the
 #                     promoted replica's digests equal the blocks of the last
 #                     checkpoint the hostile source saw acknowledged
+#           promoted-or-err  either a clean promotion or a clean err
 #   RECV-ARGS: more options for `multifd recv` (e.g. --accept-compression none)
 #   CASE_INTO (environment, for one call): dir, anon or prealloc instead of
 #   HOSTILE_INTO (a COLO secondary maps its own memory: anon).
+#   CASE_RECV_TMO (environment, for one call): recv's time limit in seconds.
 run_src() {
     local label=$1 case=$2 transport=$3 expect=$4 kw=${5:-}
     shift $(($# < 5 ? $# : 5))
@@ -232,7 +234,7 @@ run_src() {
     local into=("--into" "$d/out")
     [ "$into_mode" = anon ] && into=("--into" "anon:")
     [ "$into_mode" = prealloc ] && into=("--into" "anon:" "--prealloc")
-    timeout -k 2 "$RECV_TMO" "$MFD" recv --listen "$listen" "${into[@]}" "${extra[@]}" \
+    timeout -k 2 "${CASE_RECV_TMO:-$RECV_TMO}" "$MFD" recv --listen "$listen" "${into[@]}" "${extra[@]}" \
         --uri-file "$d/uri" >"$d/recv.out" 2>"$d/recv.err" &
     rpid=$!
     PIDS+=("$rpid")
@@ -280,6 +282,10 @@ run_src() {
     fi
 
     # A failure is expected, or (COLO) a promotion.
+    local failed_ok=
+    if [ "$expect" = promoted-or-err ]; then
+        if [ "$rrc" -eq 0 ]; then expect=promoted; else expect=err; failed_ok=1; fi
+    fi
     if grep -q '^DONE' "$d/h.out"; then
         fail "$label" "destination sent DONE"
         return
@@ -326,6 +332,7 @@ run_src() {
     line=$(grep -m1 'error:' "$d/recv.err")
     note=$(error_record_note "$d/h.out")
     [ -n "$refused" ] && note="$refused${line#multifd recv: error: }; $note"
+    [ -n "$failed_ok" ] && note="failed, not promoted (allowed): ${line#multifd recv: error: }; $note"
     if [ -n "$kw" ] && ! echo "$line" | grep -Eiq -- "$kw"; then
         if [ "$expect" = soft ]; then
             note="soft: error line lacks /$kw/: ${line#multifd recv: error: }; $note"
@@ -628,6 +635,13 @@ run_src heartbeat-mid-2pass-legacy heartbeat-mid-2pass-legacy unix ok
 run_src heartbeat-mid-crc-verify heartbeat-mid-crc-verify unix ok
 run_src heartbeat-mid-zstd heartbeat-mid-zstd unix ok
 run_src heartbeat-mid-asked heartbeat-mid-asked unix ok
+# A valid packet on a channel after its pass's last SYNC (outside any pass),
+# then COMPLETE, or DIGESTS: refused. (When these were written recv hung
+# here for good: channels_parked() fails the session holding sync_lock, and
+# the failure path, wake_all(), takes sync_lock again. Hence the shorter
+# time limit, here and for the COLO cases of the same kind below.)
+CASE_RECV_TMO=20 run_src data-after-last-sync data-after-last-sync unix err 'SYNC'
+CASE_RECV_TMO=20 run_src data-after-last-sync-verify data-after-last-sync-verify unix err 'SYNC'
 
 # --- COLO (PROTOCOL.md 4) against a COLO destination -------------------------
 COLO_OPT=${HOSTILE_COLO_OPT:---x-colo}
@@ -679,6 +693,7 @@ if [ "$COLO_ON" = 1 ]; then
     run_colo colo-lost-before-ckpt0 colo-lost-before-ckpt0 err 'closed|reset'
     run_colo colo-lost-in-ckpt0 colo-lost-in-ckpt0 err 'closed|reset'
     run_colo colo-silent-before-ckpt0 colo-silent-before-ckpt0 err 'heartbeat' --heartbeat-timeout 1000
+    CASE_RECV_TMO=20 run_colo colo-data-after-sync colo-data-after-sync err 'SYNC'
 
     # After a committed checkpoint: the secondary promotes its replica (the
     # last acknowledged checkpoint, compared by digest), exit 0, "promoted".
@@ -704,7 +719,11 @@ if [ "$COLO_ON" = 1 ]; then
     run_colo colo-begin-len16-after colo-begin-len16-after promoted 'CHECKPOINT_BEGIN'
     run_colo colo-end-len4-after colo-end-len4-after promoted 'CHECKPOINT_END'
     run_colo colo-end-len16-after colo-end-len16-after promoted 'CHECKPOINT_END'
-elif [ -z "$ONLY" ] || [[ colo- =~ $ONLY ]]; then
+    CASE_RECV_TMO=20 run_colo colo-data-after-sync-after colo-data-after-sync-after promoted 'SYNC'
+    # The primary cancels after a commit: promote, or fail (PROTOCOL.md 4
+    # does not say; the primary is alive, so promoting would split the brain).
+    run_colo colo-cancel-after colo-cancel-after promoted-or-err 'cancel'
+else
     echo "SKIP colo-* cases: HOSTILE_COLO=0, or \`$MFD recv --help\` lists no $COLO_OPT"
 fi
 
