@@ -6,7 +6,8 @@
  * channel count, this harness connects that many data channels with their
  * init messages (and sends nothing on them), so the records after READY
  * reach the main loop. Short handshake and idle timeouts end every run
- * quickly.
+ * quickly. (The harness writes with MSG_NOSIGNAL: a destination that
+ * closes early must not kill the fuzzer with SIGPIPE.)
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -71,7 +72,7 @@ static void *source_main(void *arg)
         setup_end = type == 3;
         off += rec;
     }
-    (void)!write(m, f->d, off);
+    (void)!send(m, f->d, off, MSG_NOSIGNAL);
     int chans[8], nchans = 0;
     if (setup_end && channels >= 1 && channels <= 8) {
         uint8_t answer[64];
@@ -82,12 +83,12 @@ static void *source_main(void *arg)
             memcpy(init + 8, uuid, 16);
             init[24] = (uint8_t)i;
             if (c >= 0) {
-                (void)!write(c, init, sizeof(init));
+                (void)!send(c, init, sizeof(init), MSG_NOSIGNAL);
                 chans[nchans++] = c;
             }
         }
     }
-    (void)!write(m, f->d + off, f->n - off);
+    (void)!send(m, f->d + off, f->n - off, MSG_NOSIGNAL);
     shutdown(m, SHUT_WR);
     char sink[4096];
     while (read(m, sink, sizeof(sink)) > 0)
