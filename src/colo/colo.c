@@ -186,13 +186,9 @@ static void commit(mfd_session *s)
                                                 __ATOMIC_RELAXED) & rec;
             uint64_t data = rec & ~zero;
             while (data) {
-                uint64_t first = (uint64_t)__builtin_ctzll(data);
-                uint64_t x = data >> first;
-                uint64_t run = ~x ? (uint64_t)__builtin_ctzll(~x) : 64;
+                uint64_t first, run = mfd__bits_take_run(&data, &first);
                 uint64_t off = (w * 64 + first) * ps;
                 memcpy(b->replica + off, b->host + off, run * ps);
-                data = first + run >= 64 ? 0
-                                         : data & (~UINT64_C(0) << (first + run));
             }
             /* A zero page needs work only where the replica held data. */
             for (uint64_t z = zero & b->replica_map[w]; z; z &= z - 1)

@@ -82,6 +82,20 @@ static inline void mfd__bitmap_set_range_atomic(uint64_t *map, uint64_t start,
     }
 }
 
+/*
+ * Takes the lowest run of set bits out of *bits (non-zero): returns its
+ * length and its first bit's index in *first. Pages to copy come in runs.
+ */
+static inline uint64_t mfd__bits_take_run(uint64_t *bits, uint64_t *first)
+{
+    uint64_t f = (uint64_t)__builtin_ctzll(*bits);
+    uint64_t x = *bits >> f;
+    uint64_t run = ~x ? (uint64_t)__builtin_ctzll(~x) : 64;
+    *bits = f + run >= 64 ? 0 : *bits & (~UINT64_C(0) << (f + run));
+    *first = f;
+    return run;
+}
+
 /* Number of set bits among the first nbits. */
 static inline uint64_t mfd__bitmap_count(const uint64_t *map, uint64_t nbits)
 {

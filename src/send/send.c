@@ -1229,12 +1229,9 @@ static int stage_dirty(mfd_session *s)
             uint64_t bits = b->dirty[w];
             while (bits) {
                 /* A run of set bits: one copy. */
-                uint64_t first = (uint64_t)__builtin_ctzll(bits);
-                uint64_t x = bits >> first;
-                uint64_t run = ~x ? (uint64_t)__builtin_ctzll(~x) : 64;
+                uint64_t first, run = mfd__bits_take_run(&bits, &first);
                 uint64_t off = (w * 64 + first) * ps;
                 memcpy(b->shadow + off, b->host + off, run * ps);
-                bits = first + run >= 64 ? 0 : bits & (~UINT64_C(0) << (first + run));
             }
         }
         b->src = b->shadow;
