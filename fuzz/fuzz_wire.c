@@ -5,8 +5,9 @@
  * payload decoder, fed a stream of packets as one channel would receive.
  *
  * Input: byte 0 picks the decoder; the rest is its input. For a method,
- * the rest is a sequence of packets: u8 pages (1..128), u16 length, that
- * many payload bytes (cut at the method's bound), each decoded into
+ * the rest is a sequence of packets: u8 pages - 1 (taken modulo 128), u24
+ * length (little-endian), that many payload bytes (skipped when above the
+ * method's bound), each decoded into
  * pages x 4096 bytes with the channel's stream state carried over, as on a
  * real channel.
  */
@@ -30,11 +31,11 @@ static void fuzz_methods(const uint8_t *d, size_t n, int method)
     uint8_t *out = malloc(MFD_PACKET_BYTES);
     if (out && m->decode && m->recv_setup(&ch) == 0) {
         ch.m.page_size = 4096;
-        while (n >= 3) {
+        while (n >= 4) {
             uint32_t pages = d[0] % s->ppp + 1;
-            size_t len = (size_t)d[1] | (size_t)d[2] << 8;
-            d += 3;
-            n -= 3;
+            size_t len = (size_t)d[1] | (size_t)d[2] << 8 | (size_t)d[3] << 16;
+            d += 4;
+            n -= 4;
             len = len < n ? len : n;
             uint64_t bound = m->bound(pages, 4096);
             char err[256];

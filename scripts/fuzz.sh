@@ -1,7 +1,9 @@
 #!/bin/sh
 # Builds the libFuzzer targets (clang, ASan+UBSan, build-fuzz/) and runs each
 # for SECONDS (default 60), on a corpus kept in build-fuzz/corpus/TARGET
-# seeded from real data: a snapshot written by `multifd save`. A crash, a
+# seeded from real data: a snapshot written by `multifd save`, and the
+# main and data channels of real migrations with each method, recorded by
+# scripts/fuzz_seeds.py. A crash, a
 # leak or a sanitizer report fails the run and leaves the input in
 # build-fuzz/crash-*; rerun one with `build-fuzz/fuzz_TARGET FILE`.
 # Usage: scripts/fuzz.sh [SECONDS]
@@ -25,7 +27,12 @@ if [ ! -f "$B/corpus/snapshot/seed.snap" ]; then
     rm -rf "$d"
 fi
 
-# A destination's main channel, as a real source starts it: preamble, HELLO
+# Real streams: every method's data channels and the main channel.
+if [ ! -f "$B/corpus/wire/hello" ]; then
+    python3 scripts/fuzz_seeds.py build/tools/multifd "$B/corpus"
+fi
+
+# A hand-written main channel with what the recorded ones lack: preamble, HELLO
 # (2 channels), a block, SETUP_END, a pass's end, the device state, COMPLETE.
 if [ ! -f "$B/corpus/main/seed" ]; then
     python3 - "$B/corpus/main/seed" <<'PYEOF'

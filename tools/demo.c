@@ -923,7 +923,8 @@ static int colo_secondary(int wfd, const char *hb_interval,
     if (!s || mfd_set_param(s, MFD_PARAM_COLO, 1) ||
         mfd_set_param_by_name(s, "heartbeat-interval", hb_interval) ||
         mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout) ||
-        mfd_set_colo_ops(s, &ops, s) || mfd_listen(s, "tcp:127.0.0.1:0")) {
+        mfd_set_colo_ops(s, &ops, s) || cli_tls_apply(s) ||
+        mfd_listen(s, "tcp:127.0.0.1:0")) {
         fprintf(stderr, "multifd colo: secondary: %s\n",
                 s ? mfd_last_error(s) : "out of memory");
         return 1;
@@ -998,6 +999,12 @@ static const char colo_usage[] =
     "  --stop-secondary-after N  stop (SIGSTOP) the secondary after\n"
     "                            checkpoint N: only the heartbeat timeout\n"
     "                            can tell the primary\n"
+    "  --tls-creds DIR           TLS with x509 on every channel (DIR in\n"
+    "                            QEMU's tls-creds-x509 layout, used by both\n"
+    "                            sides)\n"
+    "  --tls-psk FILE            TLS with a pre-shared key (NAME:HEXKEY lines)\n"
+    "  --tls-hostname NAME       the name the secondary's certificate must\n"
+    "                            carry (default: the address)\n"
     "  -h, --help                this text\n";
 
 int cmd_colo(int argc, char **argv)
@@ -1018,12 +1025,16 @@ int cmd_colo(int argc, char **argv)
         {"kill-primary-after", required_argument, 0, 'K'},
         {"kill-secondary-after", required_argument, 0, 'k'},
         {"stop-secondary-after", required_argument, 0, 'x'},
+        {"tls-creds", required_argument, 0, 'C'},
+        {"tls-psk", required_argument, 0, 'P'},
+        {"tls-hostname", required_argument, 0, 'N'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     uint64_t size = UINT64_C(256) << 20, rate = UINT64_C(64) << 20;
     const char *tracker = "uffd-wp", *channels = "4", *interval = "600",
-               *hb_interval = "100", *hb_timeout = "2000", *staging = "on";
+               *hb_interval = "100", *hb_timeout = "2000", *staging = "on",
+               *tls_hostname = NULL;
     long nwriters = 2;
     colo_ctx *g = &g_colo;
     memset(g, 0, sizeof(*g));
@@ -1049,6 +1060,9 @@ int cmd_colo(int argc, char **argv)
         case 'K': g->kill_primary = strtoull(optarg, &end, 10); bad = *end || !g->kill_primary; break;
         case 'k': g->kill_secondary = strtoull(optarg, &end, 10); bad = *end || !g->kill_secondary; break;
         case 'x': g->stop_secondary = strtoull(optarg, &end, 10); bad = *end || !g->stop_secondary; break;
+        case 'C': cli_tls_remember("tls-creds", optarg); break;
+        case 'P': cli_tls_remember("tls-psk", optarg); break;
+        case 'N': tls_hostname = optarg; break;
         case 'h': fputs(colo_usage, stdout); return 0;
         default: bad = true;
         }
@@ -1105,9 +1119,10 @@ int cmd_colo(int argc, char **argv)
     uri[strcspn(uri, "\n")] = 0;
     printf("multifd colo: secondary process %d on %s; %.0f MiB guest, %ld "
            "writer(s) at %.0f MiB/s, %s channels, checkpoint every %s ms, "
-           "staging %s\n",
+           "staging %s%s\n",
            (int)sec, uri, size / 1048576.0, nwriters, rate / 1048576.0,
-           channels, interval, staging);
+           channels, interval, staging,
+           cli_tls_creds ? ", TLS x509" : cli_tls_psk ? ", TLS PSK" : "");
     fflush(stdout);
 
     pid_t prim = fork();
@@ -1147,7 +1162,9 @@ int cmd_colo(int argc, char **argv)
             mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout) ||
             mfd_set_param_by_name(s, "colo-staging", staging) ||
             mfd_set_live_ops(s, &lops, &w) ||
-            mfd_set_colo_ops(s, &cops, NULL) ||
+            mfd_set_colo_ops(s, &cops, NULL) || cli_tls_apply(s) ||
+            (tls_hostname &&
+             mfd_set_param_by_name(s, "tls-hostname", tls_hostname)) ||
             mfd_add_block(s, "pc.ram", guest, size)) {
             fprintf(stderr, "multifd colo: primary: %s\n", mfd_last_error(s));
             _exit(1);
@@ -1185,10 +1202,29 @@ int cmd_colo(int argc, char **argv)
     int st_prim = 0, st_sec = 0;
     if (prim > 0)
         waitpid(prim, &st_prim, 0);
-    /* The secondary exits on its own: stopped, promoted, killed or failed. */
+    /*
+     * The secondary exits on its own: stopped, promoted, killed or failed;
+     * but a primary that failed before its first checkpoint (a refused TLS
+     * handshake, say) may never have reached it: it is still listening.
+     */
     if (g->stop_secondary)
         kill(sec, SIGKILL);
-    waitpid(sec, &st_sec, 0);
+    bool prim_failed = !(WIFEXITED(st_prim) && !WEXITSTATUS(st_prim)) &&
+                       !g->kill_primary;
+    bool reaped = false;
+    for (int i = 0; prim_failed && t->last_committed < 0 && !reaped; i++) {
+        reaped = waitpid(sec, &st_sec, WNOHANG) == sec;
+        if (!reaped && i == 20) {
+            kill(sec, SIGKILL);
+            printf("multifd colo: the primary failed before checkpoint 0; "
+                   "stopped the secondary\n");
+            break;
+        }
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (!reaped)
+        waitpid(sec, &st_sec, 0);
 
     /* The verdict. */
     int bad = 0;

@@ -172,6 +172,24 @@ else
     show_file "$E2E_TMP/bench-tls.err"
 fi
 
+# COLO over TLS: one directory with both roles' certificates, as a host
+# that is primary and secondary in turn would have.
+mkdir -p "$P/both"
+cp "$P/srv/"* "$P/cli/"* "$P/both/"
+run_fg colo-tls 120 "$MULTIFD" colo --size 32M --checkpoints 4 --verify \
+    --kill-primary-after 3 --tls-creds "$P/both"
+if [ "$FG_RC" = 0 ] && grep -q "TLS x509" "$E2E_TMP/colo-tls.out" &&
+    grep -q "failover: primary killed, secondary promoted checkpoint 3 .*: ok" "$E2E_TMP/colo-tls.out"; then
+    pass colo-tls-failover-verified
+else
+    fail colo-tls-failover-verified "exit $FG_RC"
+    show_file "$E2E_TMP/colo-tls.out"
+    show_file "$E2E_TMP/colo-tls.err"
+fi
+run_fg colo-tls-host 60 "$MULTIFD" colo --size 32M --checkpoints 2 \
+    --tls-creds "$P/both" --tls-hostname elsewhere.example
+check_refused colo-tls-hostname-mismatch "$FG_RC" "$E2E_TMP/colo-tls-host.err" "does not match"
+
 run_fg zerocopy 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
     --zero-copy-send "$BLK"
 check_refused zerocopy-refused "$FG_RC" "$E2E_TMP/zerocopy.err" "zero-copy-send cannot be combined with TLS"
