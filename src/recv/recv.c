@@ -346,31 +346,6 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
     return 0;
 }
 
-/* Waits for the listener (and the wake fd); returns 1 when readable. */
-static int wait_listener(mfd_session *s, int main_fd)
-{
-    struct pollfd p[3] = {
-        {.fd = s->listen_fd, .events = POLLIN},
-        {.fd = s->wake_fd, .events = POLLIN},
-        {.fd = main_fd, .events = POLLRDHUP},
-    };
-    for (;;) {
-        int rc = poll(p, main_fd >= 0 ? 3 : 2, -1);
-        if (rc < 0 && errno == EINTR)
-            continue;
-        if (rc < 0)
-            return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
-        if (mfd__failed(s) || (p[1].revents & POLLIN))
-            return -1;
-        if (main_fd >= 0 && p[2].revents)
-            return mfd__fail(s, MFD_ECLOSED,
-                             "source closed the main channel during channel "
-                             "setup");
-        if (p[0].revents & POLLIN)
-            return 1;
-    }
-}
-
 /*
  * Accepts one connection. Returns its fd, -2 for a connection that vanished
  * before it was accepted (try again), or -1 after failing the session: a
@@ -381,13 +356,6 @@ static int accept_one(mfd_session *s)
     int fd = mfd__sock_accept(s->listen_fd);
     if (fd >= 0) {
         mfd__sock_set_timeout(fd, (int)s->network_timeout);
-        char err[512];
-        /* Not TLS, or the wrong credentials: a stray connection. */
-        if (mfd__tls_enabled(s) && mfd__tls_server(s, fd, err, sizeof(err))) {
-            mfd__log(s, "closed connection: %s", err);
-            close(fd);
-            return -2;
-        }
         return fd;
     }
     if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN ||
@@ -397,53 +365,214 @@ static int accept_one(mfd_session *s)
                      strerror(errno));
 }
 
-/* Accepts connections until one is a main channel with a valid preamble. */
-static int accept_main(mfd_session *s)
+/*
+ * Incoming connections are vetted side by side, each on a thread of its
+ * own: the TLS handshake, then the first bytes (a main channel's preamble,
+ * a data channel's init message), all within handshake-timeout of the
+ * accept. A peer that connects and stalls costs one thread for that long,
+ * never the accepting loop: the connections behind it are vetted at once.
+ * At most VET_MAX are vetted at a time; beyond that the kernel's backlog
+ * holds the next ones until one is done.
+ */
+#define VET_MAX 16
+
+typedef struct vet {
+    mfd_session *s;
+    int fd;
+    int efd;    /* the vetting's eventfd: written when done */
+    pthread_t thread;
+    int rc;     /* MFD_IO_*, or VET_REFUSED: the TLS handshake failed */
+    bool done;  /* atomic */
+    uint8_t first[MFD_INIT_LEN]; /* MFD_PREAMBLE_LEN or MFD_INIT_LEN bytes */
+    char why[512];
+} vet;
+
+#define VET_REFUSED 1
+
+typedef struct vetting {
+    vet *v[VET_MAX];
+    int n;
+    int efd;
+} vetting;
+
+static void *vet_main(void *arg)
+{
+    vet *v = arg;
+    mfd_session *s = v->s;
+    uint64_t t0 = mfd__now_us();
+    int rc = MFD_IO_OK;
+    if (mfd__tls_enabled(s) && mfd__tls_server(s, v->fd, v->why, sizeof(v->why)))
+        rc = VET_REFUSED;
+    size_t got = 0, want = 4;
+    while (rc == MFD_IO_OK && got < want) {
+        uint64_t spent = (mfd__now_us() - t0) / 1000;
+        int left = spent >= (uint64_t)s->handshake_timeout
+                       ? 0
+                       : (int)(s->handshake_timeout - (int64_t)spent);
+        rc = mfd__read_full_timeout(v->fd, v->first + got, want - got, left);
+        got = want;
+        if (rc == MFD_IO_OK && want == 4) {
+            uint32_t magic = mfd__get_be32(v->first);
+            want = magic == MFD_MAIN_MAGIC   ? MFD_PREAMBLE_LEN
+                   : magic == MFD_DATA_MAGIC ? MFD_INIT_LEN
+                                             : 4;
+        }
+    }
+    v->rc = rc;
+    __atomic_store_n(&v->done, true, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(v->efd, &one, sizeof(one)) < 0) {
+        /* The counter cannot overflow with VET_MAX writers. */
+    }
+    return NULL;
+}
+
+static int vetting_start(mfd_session *s, vetting *vt)
+{
+    memset(vt, 0, sizeof(*vt));
+    vt->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (vt->efd < 0)
+        return mfd__fail(s, MFD_ESYS, "eventfd: %s", strerror(errno));
+    return 0;
+}
+
+/* Stops the vetting: connections still in it are strays. */
+static void vetting_end(vetting *vt)
+{
+    for (int i = 0; i < vt->n; i++)
+        shutdown(vt->v[i]->fd, SHUT_RDWR);
+    for (int i = 0; i < vt->n; i++) {
+        pthread_join(vt->v[i]->thread, NULL);
+        mfd__sock_close(vt->v[i]->fd);
+        free(vt->v[i]);
+    }
+    vt->n = 0;
+    if (vt->efd >= 0)
+        close(vt->efd);
+    vt->efd = -1;
+}
+
+/*
+ * Returns the next connection whose vetting is done (the caller owns it:
+ * its fd and the struct), or NULL after failing the session or being
+ * woken. main_fd >= 0: the session's main channel closing fails it.
+ */
+static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd)
 {
     for (;;) {
-        if (wait_listener(s, -1) < 0)
-            return -1;
+        for (int i = 0; i < vt->n; i++) {
+            vet *v = vt->v[i];
+            if (!__atomic_load_n(&v->done, __ATOMIC_ACQUIRE))
+                continue;
+            pthread_join(v->thread, NULL);
+            vt->v[i] = vt->v[--vt->n];
+            return v;
+        }
+        struct pollfd p[4] = {
+            {.fd = s->wake_fd, .events = POLLIN},
+            {.fd = vt->efd, .events = POLLIN},
+            {.fd = vt->n < VET_MAX ? s->listen_fd : -1, .events = POLLIN},
+            {.fd = main_fd, .events = POLLRDHUP},
+        };
+        int rc = poll(p, 4, -1);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0) {
+            mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
+            return NULL;
+        }
+        if (mfd__failed(s) || (p[0].revents & POLLIN))
+            return NULL;
+        if (main_fd >= 0 && p[3].revents) {
+            mfd__fail(s, MFD_ECLOSED,
+                      "source closed the main channel during channel setup");
+            return NULL;
+        }
+        if (p[1].revents & POLLIN) {
+            uint64_t c;
+            if (read(vt->efd, &c, sizeof(c)) < 0) {
+                /* EAGAIN: drained already; the done flags tell. */
+            }
+        }
+        if (!(p[2].revents & POLLIN))
+            continue;
         int fd = accept_one(s);
         if (fd == -2)
             continue;
         if (fd < 0)
-            return -1;
-        /*
-         * The whole preamble arrives within the handshake timeout, or the
-         * connection is a stray: only a complete, valid preamble starts a
-         * session (a health check that sends "MFDC" and leaves does not).
-         */
-        uint8_t pre[MFD_PREAMBLE_LEN];
-        uint64_t t0 = mfd__now_us();
-        int rc = mfd__read_full_timeout(fd, pre, 4, (int)s->handshake_timeout);
-        uint32_t magic = rc == MFD_IO_OK ? mfd__get_be32(pre) : 0;
-        if (rc == MFD_IO_OK && magic == MFD_MAIN_MAGIC) {
-            uint64_t spent = (mfd__now_us() - t0) / 1000;
-            int left = spent >= (uint64_t)s->handshake_timeout
-                           ? 0
-                           : (int)(s->handshake_timeout - (int64_t)spent);
-            rc = mfd__read_full_timeout(fd, pre + 4, 12, left);
+            return NULL;
+        vet *v = calloc(1, sizeof(*v));
+        if (v) {
+            *v = (vet){.s = s, .fd = fd, .efd = vt->efd};
+            if (pthread_create(&v->thread, NULL, vet_main, v)) {
+                free(v);
+                v = NULL;
+            }
         }
-        if (rc != MFD_IO_OK) {
-            mfd__log(s, "closed stray connection: %s%s",
-                     magic == MFD_MAIN_MAGIC ? "incomplete preamble: " : "",
-                     mfd__io_strerror(rc));
+        if (!v) {
+            mfd__log(s, "closed connection: no memory or thread to vet it");
             mfd__sock_close(fd);
             continue;
         }
+        vt->v[vt->n++] = v;
+    }
+}
+
+/* Logs and closes a connection that did not pass its vetting. */
+static bool vet_refused(mfd_session *s, vet *v, const char *when)
+{
+    if (v->rc == MFD_IO_OK)
+        return false;
+    if (v->rc == VET_REFUSED)
+        mfd__log(s, "closed connection%s: %s", when, v->why);
+    else
+        mfd__log(s, "closed stray connection%s: %s%s", when,
+                 mfd__get_be32(v->first) == MFD_MAIN_MAGIC ? "incomplete preamble: "
+                 : mfd__get_be32(v->first) == MFD_DATA_MAGIC
+                     ? "incomplete init message: "
+                     : "",
+                 mfd__io_strerror(v->rc));
+    mfd__sock_close(v->fd);
+    free(v);
+    return true;
+}
+
+/* Accepts connections until one is a main channel with a valid preamble. */
+static int accept_main(mfd_session *s)
+{
+    vetting vt;
+    if (vetting_start(s, &vt))
+        return -1;
+    for (;;) {
+        vet *v = vetted_next(s, &vt, -1);
+        if (!v) {
+            vetting_end(&vt);
+            return -1;
+        }
+        /*
+         * Only a complete, valid preamble within the handshake timeout
+         * starts a session (a health check that sends "MFDC" and leaves
+         * does not).
+         */
+        if (vet_refused(s, v, ""))
+            continue;
+        uint32_t magic = mfd__get_be32(v->first);
         if (magic != MFD_MAIN_MAGIC) {
             mfd__log(s, "closed stray connection: %s 0x%08x before any "
                         "session",
                      magic == MFD_DATA_MAGIC ? "data channel magic"
                                              : "unknown magic",
                      magic);
-            mfd__sock_close(fd);
+            mfd__sock_close(v->fd);
+            free(v);
             continue;
         }
         /* From here on this connection is the session's main channel. */
-        s->main_fd = fd;
+        vetting_end(&vt);
+        int fd = s->main_fd = v->fd;
+        uint32_t version = mfd__get_be32(v->first + 4);
+        free(v);
         MFD_STAT_SET(s->t_start, mfd__now_us());
-        uint32_t version = mfd__get_be32(pre + 4);
         uint8_t answer[MFD_PREAMBLE_LEN];
         mfd__preamble_encode(answer, MFD_PROTO_VERSION);
         MFD_STAT_ADD(s->main_bytes, 2 * MFD_PREAMBLE_LEN);
@@ -774,43 +903,24 @@ static int read_setup(mfd_session *s)
     return 0;
 }
 
-/* Accepts data channels until all are connected, matching them by id. */
-static int accept_channels(mfd_session *s)
+/* Matches vetted data connections to channel ids and starts their threads. */
+static int accept_data(mfd_session *s, vetting *vt, uint32_t n, size_t plen)
 {
-    uint32_t n = (uint32_t)s->channels, connected = 0;
-    size_t plen = mfd__packet_len(s->ppp);
-    mfd_recv_chan *chans = calloc(n, sizeof(*chans));
-    if (!chans)
-        return mfd__fail(s, MFD_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < n; i++) {
-        chans[i].s = s;
-        chans[i].id = i;
-        chans[i].fd = -1;
-        chans[i].cached_block = -1;
-    }
-    /* Published whole, under s->lock, for a failure on another thread. */
-    pthread_mutex_lock(&s->lock);
-    s->rc = chans;
-    s->nchan = n;
-    pthread_mutex_unlock(&s->lock);
-
+    uint32_t connected = 0;
     while (connected < n) {
-        if (wait_listener(s, s->main_fd) < 0)
+        vet *v = vetted_next(s, vt, s->main_fd);
+        if (!v)
             return -1;
-        int fd = accept_one(s);
-        if (fd == -2)
+        if (vet_refused(s, v, " during channel setup"))
             continue;
-        if (fd < 0)
-            return -1;
+        int fd = v->fd;
         uint8_t init[MFD_INIT_LEN];
-        int rc = mfd__read_full_timeout(fd, init, sizeof(init),
-                                        (int)s->handshake_timeout);
-        uint32_t magic = rc == MFD_IO_OK ? mfd__get_be32(init) : 0;
-        uint32_t version = rc == MFD_IO_OK ? mfd__get_be32(init + 4) : 0;
+        memcpy(init, v->first, sizeof(init));
+        free(v);
+        uint32_t magic = mfd__get_be32(init);
+        uint32_t version = mfd__get_be32(init + 4);
         const char *why = NULL;
-        if (rc != MFD_IO_OK)
-            why = mfd__io_strerror(rc);
-        else if (magic != MFD_DATA_MAGIC)
+        if (magic != MFD_DATA_MAGIC)
             why = "not a data channel (bad magic)";
         else if (version != MFD_PROTO_VERSION)
             why = "unsupported data channel version";
@@ -853,6 +963,35 @@ static int accept_channels(mfd_session *s)
     }
     return 0;
 }
+
+/* Accepts data channels until all are connected, matching them by id. */
+static int accept_channels(mfd_session *s)
+{
+    uint32_t n = (uint32_t)s->channels;
+    size_t plen = mfd__packet_len(s->ppp);
+    mfd_recv_chan *chans = calloc(n, sizeof(*chans));
+    if (!chans)
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        chans[i].s = s;
+        chans[i].id = i;
+        chans[i].fd = -1;
+        chans[i].cached_block = -1;
+    }
+    /* Published whole, under s->lock, for a failure on another thread. */
+    pthread_mutex_lock(&s->lock);
+    s->rc = chans;
+    s->nchan = n;
+    pthread_mutex_unlock(&s->lock);
+
+    vetting vt;
+    if (vetting_start(s, &vt))
+        return -1;
+    int rc = accept_data(s, &vt, n, plen);
+    vetting_end(&vt);
+    return rc;
+}
+
 
 /* ---- main-channel records after setup ---------------------------------- */
 

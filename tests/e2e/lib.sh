@@ -239,6 +239,21 @@ start_recv() {
     return 1
 }
 
+# silent_peers URI N SECS: N connections to tcp URI that send nothing and
+# stay open for SECS seconds (strangers holding a destination's accept
+# queue), in the background: SILENT_PID.
+silent_peers() {
+    local hp=${1#tcp:}
+    python3 -c '
+import socket, sys, time
+host, port, n, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+socks = [socket.create_connection((host, port)) for _ in range(n)]
+time.sleep(secs)' "${hp%:*}" "${hp##*:}" "$2" "$3" >/dev/null 2>&1 &
+    SILENT_PID=$!
+    E2E_PIDS+=("$SILENT_PID")
+    sleep 0.3
+}
+
 run_fg() {
     local tag=$1 secs=$2
     shift 2

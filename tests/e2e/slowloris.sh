@@ -7,6 +7,8 @@
 #   data: the same on a data channel (the main channel silent);
 #   oversize: a HELLO/BLOCK declaring 1 TiB against --max-total-size 1G is
 #         refused at BLOCK, before anything is mapped.
+#   strangers: silent connections ahead of a real source do not hold it
+#         (each connection is vetted on a thread of its own).
 # Usage: slowloris.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,4 +81,30 @@ one() {
 one main "idle-timeout" --idle-timeout 2000
 one data "idle-timeout" --idle-timeout 2000
 one oversize "max-total-size" --max-total-size 1G
+
+# Strangers that connect and send nothing are vetted each on a thread of
+# its own: a source behind them (its handshake timeout 5 s) is not held by
+# the destination's 30 s, and its migration completes, verified.
+BLK=$E2E_TMP/blk.ram
+head -c 4M /dev/urandom >"$BLK"
+WANT=$(xxh3 "$BLK")
+if start_recv strangers --listen tcp:127.0.0.1:0 --into anon: --handshake-timeout 30000; then
+    silent_peers "$RECV_URI" 4 40
+    t0=$(now_ms)
+    run_fg strangers.send 30 "$MULTIFD" send --to "$RECV_URI" --channels 2 \
+        --handshake-timeout 5000 "$BLK"
+    took=$(($(now_ms) - t0))
+    kill "$SILENT_PID" 2>/dev/null
+    bg_wait "$RECV_PID" 20
+    got=$(sed -n 's/^digest blk.ram //p' "$E2E_TMP/strangers.out")
+    if [ "$FG_RC" = 0 ] && [ "$BG_RC" = 0 ] && [ "$got" = "$WANT" ]; then
+        pass "behind-silent-strangers ($took ms)"
+    else
+        fail behind-silent-strangers "send $FG_RC, recv $BG_RC, digest '$got' (want $WANT)"
+        show_file "$E2E_TMP/strangers.send.err"
+        show_file "$E2E_TMP/strangers.err"
+    fi
+else
+    fail strangers/start "$RECV_WHY"
+fi
 e2e_finish
