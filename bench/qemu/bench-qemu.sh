@@ -11,7 +11,9 @@
 # nothing about speed.
 #
 # Usage: bash bench/qemu/bench-qemu.sh PATH-TO-multifd
-# env:   QUICK=1        1 GiB subset: zero/random/text x none/zstd x 2 channels
+# Contents: zero, random, half, text, and guest: a real guest's RAM
+# (bench/qemu/realguest.sh boots Debian's kernel under TCG to make it).
+# env:   QUICK=1        1 GiB subset: zero/random/text/guest x none/zstd x 2 channels
 #        SIZE RUNS CONTENTS METHODS CHANNELS DESTS EXTRA_DESTS  override the
 #        matrix (EXTRA_DESTS: METHOD:CHANNELS cases that also get the
 #        prealloc and tmpfs destinations, or 'all')
@@ -27,11 +29,11 @@ case $BIN in /*) ;; *) BIN=$PWD/$BIN ;; esac
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-    SIZE=${SIZE:-1G}; CONTENTS=${CONTENTS:-"zero random text"}
+    SIZE=${SIZE:-1G}; CONTENTS=${CONTENTS:-"zero random text guest"}
     METHODS=${METHODS:-"none zstd"}; CHANNELS=${CHANNELS:-2}
     EXTRA_DESTS=${EXTRA_DESTS:-none:2}; LABEL="QUICK=1"
 else
-    SIZE=${SIZE:-4G}; CONTENTS=${CONTENTS:-"zero random half text"}
+    SIZE=${SIZE:-4G}; CONTENTS=${CONTENTS:-"zero random half text guest"}
     METHODS=${METHODS:-"none zlib zstd"}; CHANNELS=${CHANNELS:-"1 2 4"}
     EXTRA_DESTS=${EXTRA_DESTS:-none:2}; LABEL="full"
 fi
