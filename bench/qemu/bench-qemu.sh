@@ -17,6 +17,9 @@
 #        SIZE RUNS CONTENTS METHODS CHANNELS DESTS EXTRA_DESTS  override the
 #        matrix (EXTRA_DESTS: METHOD:CHANNELS cases that also get the
 #        prealloc and tmpfs destinations, or 'all')
+#        RESUME=1       keep the cases a stopped run already measured (its
+#                       rows are kept in $RESULTS) and run the others;
+#                       the table is rewritten after every case either way
 #        NO_SETUP=1     do not run apt-get (use what is there)
 #        QEMU10_DIR     where QEMU 10 is unpacked (/var/cache/multifd-bench/qemu-10)
 #        OUT_MD OUT_PNG output paths (docs/benchmarks/qemu.{md,png})
@@ -43,6 +46,9 @@ QEMU10_DIR=${QEMU10_DIR:-/var/cache/multifd-bench/qemu-10}
 OUT_MD=${OUT_MD:-$ROOT/docs/benchmarks/qemu.md}
 OUT_PNG=${OUT_PNG:-$ROOT/docs/benchmarks/qemu.png}
 NO_SETUP=${NO_SETUP:-0}
+RESUME=${RESUME:-0}
+RESULTS=${RESULTS:-/var/cache/multifd-bench/results-$LABEL-$SIZE.jsonl}
+mkdir -p "$(dirname "$RESULTS")"
 
 say() { echo "bench-qemu: $*" >&2; }
 apt_updated=0
@@ -137,7 +143,8 @@ say "matrix: $SIZE, contents [$CONTENTS], methods [$METHODS], channels [$CHANNEL
 python3 "$HERE/bench.py" --multifd "$BIN" "${PEERS[@]}" "${MISSING[@]}" \
     --size "$SIZE" --runs "$RUNS" --contents "$CONTENTS" --methods "$METHODS" \
     --channels "$CHANNELS" --dests "$DESTS" --extra-dest-filter "$EXTRA_DESTS" \
-    --md "$OUT_MD" --png "$OUT_PNG" --label "$LABEL"
+    --md "$OUT_MD" --png "$OUT_PNG" --label "$LABEL" --results "$RESULTS" \
+    $([ "$RESUME" = 1 ] && echo --resume)
 rc=$?
 [ -f "$OUT_MD" ] && cat "$OUT_MD"
 exit $rc

@@ -392,6 +392,13 @@ def main():
     ap.add_argument("--md", default="docs/benchmarks/qemu.md")
     ap.add_argument("--png", default="docs/benchmarks/qemu.png")
     ap.add_argument("--label", default="")
+    ap.add_argument("--results", default="",
+                    help="JSON lines file: each finished case's rows are "
+                         "appended to it, and the table is rewritten after "
+                         "every case")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cases already in --results (same size) "
+                         "and run only the others")
     a = ap.parse_args()
 
     size = parse_size(a.size)
@@ -417,72 +424,125 @@ def main():
         fm, fch = a.extra_dest_filter.split(":")
         return m == fm and str(ch) == fch
 
-    t_start = time.monotonic()
-    for content in a.contents.split():
-        src_file = os.path.join(a.work, f"{content}.ram")
-        log(f"== content {content}: writing {size} bytes to {src_file}")
-        make_content(content, src_file, size)
-        digest = xxh3(src_file)
+    def all_cases(content):
         for method in a.methods.split():
             for ch in [int(c) for c in a.channels.split()]:
                 for dest in a.dests.split():
-                    if dest != "anon" and not extra_ok(method, ch):
-                        continue
-                    res = {p.name: [] for p in peers}
-                    res[mfd_name] = []
-                    failed = {}
-                    for r in range(a.runs):
-                        order = []
-                        for p in peers:  # QEMU, multifd, QEMU, multifd ...
-                            order += [p, None]
-                        if not peers:
-                            order = [None]
-                        for tool in order:
-                            name = tool.name if tool else mfd_name
-                            if name in failed:
-                                continue
-                            tag = f"{content}/{method}/{ch}ch/{dest} run {r + 1} {name}"
-                            try:
-                                if tool:
-                                    out = qemu_run(tool, accel, a.work, src_file,
-                                                   size, method, ch, dest, digest)
-                                else:
-                                    out = multifd_run(a.multifd, a.work, src_file,
-                                                      size, method, ch, dest, digest)
-                            except (RunFailed, QMPError, OSError,
-                                    ValueError, KeyError) as e:
-                                msg = f"{tag}: FAILED: {e}"
-                                log(msg)
-                                failures.append(msg)
-                                failed[name] = str(e)
-                                continue
-                            res[name].append(out)
-                            log(f"{tag}: {size / out['seconds'] / 1e9:.2f} GB/s "
-                                f"({out['seconds']:.3f} s), cpu src "
-                                f"{out['cpu_src']:.2f} s dst {out['cpu_dst']:.2f} s, "
-                                f"dst rss {out['rss_kib'] // 1024} MiB")
-                    mfd_gbs = med([size / o["seconds"] / 1e9 for o in res[mfd_name]])
-                    for name in [mfd_name] + [p.name for p in peers]:
-                        v = res[name]
-                        gbs = med([size / o["seconds"] / 1e9 for o in v])
-                        rows.append({
-                            "content": content, "method": method, "channels": ch,
-                            "dest": dest, "tool": name, "n": len(v),
-                            "failed": failed.get(name),
-                            "gbs": gbs,
-                            "ratio": (mfd_gbs / gbs) if name != mfd_name and v
-                                     and res[mfd_name] else None,
-                            "transferred": med([o["transferred"] for o in v]),
-                            "cpu_src": med([o["cpu_src"] for o in v]),
-                            "cpu_dst": med([o["cpu_dst"] for o in v]),
-                            "rss": med([o["rss_kib"] for o in v]) / 1024,
-                        })
-        os.unlink(src_file)
-    elapsed = time.monotonic() - t_start
-    shutil.rmtree(a.work, ignore_errors=True)
+                    if dest == "anon" or extra_ok(method, ch):
+                        yield method, ch, dest
 
-    write_md(a, size, peers, missing, accel, rows, failures, elapsed)
-    write_png(a, size, peers, rows)
+    # Cases kept from an earlier, interrupted run (--resume).
+    done = set()
+    elapsed0 = 0.0
+    if a.results and a.resume and os.path.exists(a.results):
+        for line in open(a.results):
+            r = json.loads(line)
+            if r.get("size") != size:
+                continue
+            if "guest_note" in r:
+                GUEST["note"] = r["guest_note"]
+                continue
+            if "elapsed" in r:
+                elapsed0 += r["elapsed"]
+                continue
+            rows.append(r)
+            done.add((r["content"], r["method"], r["channels"], r["dest"]))
+        log(f"resuming: {len(done)} cases from {a.results}")
+    elif a.results:
+        open(a.results, "w").close()
+    ncases = sum(1 for c in a.contents.split() for _ in all_cases(c))
+
+    def record(obj):
+        if a.results:
+            with open(a.results, "a") as f:
+                f.write(json.dumps(dict(obj, size=size)) + "\n")
+
+    def publish():
+        """The table and chart as they stand, after every case."""
+        def pos(v, order):
+            order = [str(x) for x in order.split()]
+            return order.index(str(v)) if str(v) in order else len(order)
+        rows.sort(key=lambda r: (pos(r["content"], a.contents),
+                                 pos(r["method"], a.methods),
+                                 pos(r["channels"], a.channels),
+                                 pos(r["dest"], a.dests)))
+        n = len(done)
+        a.progress = "" if n == ncases else (
+            f"**Partial: {n} of {ncases} cases measured so far** "
+            f"(the run goes on, or resumes with RESUME=1). ")
+        write_md(a, size, peers, missing, accel, rows, failures,
+                 elapsed0 + time.monotonic() - t_start)
+        write_png(a, size, peers, rows)
+
+    t_start = time.monotonic()
+    for content in a.contents.split():
+        todo = [c for c in all_cases(content)
+                if (content,) + c not in done]
+        if not todo:
+            continue
+        src_file = os.path.join(a.work, f"{content}.ram")
+        log(f"== content {content}: writing {size} bytes to {src_file}")
+        make_content(content, src_file, size)
+        if content == "guest":
+            record({"guest_note": GUEST["note"]})
+        digest = xxh3(src_file)
+        for method, ch, dest in todo:
+            res = {p.name: [] for p in peers}
+            res[mfd_name] = []
+            failed = {}
+            for r in range(a.runs):
+                order = []
+                for p in peers:  # QEMU, multifd, QEMU, multifd ...
+                    order += [p, None]
+                if not peers:
+                    order = [None]
+                for tool in order:
+                    name = tool.name if tool else mfd_name
+                    if name in failed:
+                        continue
+                    tag = f"{content}/{method}/{ch}ch/{dest} run {r + 1} {name}"
+                    try:
+                        if tool:
+                            out = qemu_run(tool, accel, a.work, src_file,
+                                           size, method, ch, dest, digest)
+                        else:
+                            out = multifd_run(a.multifd, a.work, src_file,
+                                              size, method, ch, dest, digest)
+                    except (RunFailed, QMPError, OSError,
+                            ValueError, KeyError) as e:
+                        msg = f"{tag}: FAILED: {e}"
+                        log(msg)
+                        failures.append(msg)
+                        failed[name] = str(e)
+                        continue
+                    res[name].append(out)
+                    log(f"{tag}: {size / out['seconds'] / 1e9:.2f} GB/s "
+                        f"({out['seconds']:.3f} s), cpu src "
+                        f"{out['cpu_src']:.2f} s dst {out['cpu_dst']:.2f} s, "
+                        f"dst rss {out['rss_kib'] // 1024} MiB")
+            mfd_gbs = med([size / o["seconds"] / 1e9 for o in res[mfd_name]])
+            for name in [mfd_name] + [p.name for p in peers]:
+                v = res[name]
+                gbs = med([size / o["seconds"] / 1e9 for o in v])
+                rows.append({
+                    "content": content, "method": method, "channels": ch,
+                    "dest": dest, "tool": name, "n": len(v),
+                    "failed": failed.get(name),
+                    "gbs": gbs,
+                    "ratio": (mfd_gbs / gbs) if name != mfd_name and v
+                             and res[mfd_name] else None,
+                    "transferred": med([o["transferred"] for o in v]),
+                    "cpu_src": med([o["cpu_src"] for o in v]),
+                    "cpu_dst": med([o["cpu_dst"] for o in v]),
+                    "rss": med([o["rss_kib"] for o in v]) / 1024,
+                })
+                record(rows[-1])
+            done.add((content, method, ch, dest))
+            publish()
+        os.unlink(src_file)
+    record({"elapsed": time.monotonic() - t_start})
+    shutil.rmtree(a.work, ignore_errors=True)
+    publish()
     if failures:
         log(f"{len(failures)} run(s) FAILED or differed:")
         for f in failures:
@@ -513,7 +573,8 @@ def write_md(a, size, peers, missing, accel, rows, failures, elapsed):
     L.append(f"Generated by `bench/qemu/bench-qemu.sh` "
              f"({a.label or 'full'}) on "
              f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; "
-             f"{elapsed / 60:.1f} min. Do not edit by hand.\n")
+             f"{elapsed / 60:.1f} min. Do not edit by hand. "
+             f"{getattr(a, 'progress', '')}\n")
     L.append(f"- Machine: {os.cpu_count()} CPUs ({cpu}), "
              f"Linux {platform.release()}, QEMU accelerator: {accel}.")
     for p in peers:
