@@ -371,27 +371,29 @@ static int accept_one(mfd_session *s)
  * a data channel's init message), all within handshake-timeout of the
  * accept. A peer that connects and stalls costs one thread for that long,
  * never the accepting loop: the connections behind it are vetted at once.
- * At most VET_MAX are vetted at a time; beyond that the kernel's backlog
- * holds the next ones until one is done.
+ * With VET_MAX connections in vetting, a new one evicts the oldest (a real
+ * peer finishes its handshake in milliseconds; the oldest is the likeliest
+ * to be stalled), so a crowd of strangers cannot keep a source out.
  */
 #define VET_MAX 16
 
 typedef struct vet {
     mfd_session *s;
     int fd;
-    int efd;    /* the vetting's eventfd: written when done */
+    int efd;         /* the vetting's eventfd: written when done */
     pthread_t thread;
-    int rc;     /* MFD_IO_*, or VET_REFUSED: the TLS handshake failed */
-    bool done;  /* atomic */
+    uint64_t t0;     /* accepted, mfd__now_us() */
+    int rc;          /* MFD_IO_* of the reads */
+    bool refused;    /* the TLS handshake failed (why says why) */
+    bool evicted;    /* shut down to make room for a newer connection */
+    bool done;       /* atomic */
     uint8_t first[MFD_INIT_LEN]; /* MFD_PREAMBLE_LEN or MFD_INIT_LEN bytes */
-    char why[512];
+    char why[512];   /* a failure, in the vetting thread's words */
 } vet;
 
-#define VET_REFUSED 1
-
 typedef struct vetting {
-    vet *v[VET_MAX];
-    int n;
+    vet *v[2 * VET_MAX]; /* evicted ones stay until their thread is done */
+    int n, live;         /* all, and those not evicted */
     int efd;
 } vetting;
 
@@ -399,17 +401,20 @@ static void *vet_main(void *arg)
 {
     vet *v = arg;
     mfd_session *s = v->s;
-    uint64_t t0 = mfd__now_us();
     int rc = MFD_IO_OK;
-    if (mfd__tls_enabled(s) && mfd__tls_server(s, v->fd, v->why, sizeof(v->why)))
-        rc = VET_REFUSED;
+    if (mfd__tls_enabled(s) &&
+        mfd__tls_server(s, v->fd, v->why, sizeof(v->why)))
+        v->refused = true;
     size_t got = 0, want = 4;
-    while (rc == MFD_IO_OK && got < want) {
-        uint64_t spent = (mfd__now_us() - t0) / 1000;
+    while (!v->refused && rc == MFD_IO_OK && got < want) {
+        uint64_t spent = (mfd__now_us() - v->t0) / 1000;
         int left = spent >= (uint64_t)s->handshake_timeout
                        ? 0
                        : (int)(s->handshake_timeout - (int64_t)spent);
         rc = mfd__read_full_timeout(v->fd, v->first + got, want - got, left);
+        /* The health check that sends "MFDC" and leaves: incomplete. */
+        if (rc == MFD_IO_EOF && got)
+            rc = MFD_IO_TRUNCATED;
         got = want;
         if (rc == MFD_IO_OK && want == 4) {
             uint32_t magic = mfd__get_be32(v->first);
@@ -419,10 +424,12 @@ static void *vet_main(void *arg)
         }
     }
     v->rc = rc;
+    if (!v->refused && rc != MFD_IO_OK) /* errno is this thread's */
+        snprintf(v->why, sizeof(v->why), "%s", mfd__io_strerror(rc));
     __atomic_store_n(&v->done, true, __ATOMIC_RELEASE);
     uint64_t one = 1;
     if (write(v->efd, &one, sizeof(one)) < 0) {
-        /* The counter cannot overflow with VET_MAX writers. */
+        /* The counter cannot overflow with 2 * VET_MAX writers. */
     }
     return NULL;
 }
@@ -436,20 +443,52 @@ static int vetting_start(mfd_session *s, vetting *vt)
     return 0;
 }
 
-/* Stops the vetting: connections still in it are strays. */
-static void vetting_end(vetting *vt)
+/* Stops the vetting: connections still in it are strays (`when` says why). */
+static void vetting_end(mfd_session *s, vetting *vt, const char *when)
 {
     for (int i = 0; i < vt->n; i++)
         shutdown(vt->v[i]->fd, SHUT_RDWR);
     for (int i = 0; i < vt->n; i++) {
         pthread_join(vt->v[i]->thread, NULL);
+        if (!vt->v[i]->evicted)
+            mfd__log(s, "closed stray connection: still being vetted when %s",
+                     when);
         mfd__sock_close(vt->v[i]->fd);
         free(vt->v[i]);
     }
-    vt->n = 0;
+    vt->n = vt->live = 0;
     if (vt->efd >= 0)
         close(vt->efd);
     vt->efd = -1;
+}
+
+/* Starts vetting a connection just accepted; evicts the oldest if full. */
+static void vet_begin(mfd_session *s, vetting *vt, int fd)
+{
+    if (vt->live >= VET_MAX) {
+        vet *old = NULL;
+        for (int i = 0; i < vt->n; i++)
+            if (!vt->v[i]->evicted && (!old || vt->v[i]->t0 < old->t0))
+                old = vt->v[i];
+        old->evicted = true;
+        vt->live--;
+        shutdown(old->fd, SHUT_RDWR);
+    }
+    vet *v = calloc(1, sizeof(*v));
+    if (v) {
+        *v = (vet){.s = s, .fd = fd, .efd = vt->efd, .t0 = mfd__now_us()};
+        if (pthread_create(&v->thread, NULL, vet_main, v)) {
+            free(v);
+            v = NULL;
+        }
+    }
+    if (!v) {
+        mfd__log(s, "closed connection: no memory or thread to vet it");
+        mfd__sock_close(fd);
+        return;
+    }
+    vt->v[vt->n++] = v;
+    vt->live++;
 }
 
 /*
@@ -460,18 +499,22 @@ static void vetting_end(vetting *vt)
 static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd)
 {
     for (;;) {
+        if (mfd__failed(s))
+            return NULL;
         for (int i = 0; i < vt->n; i++) {
             vet *v = vt->v[i];
             if (!__atomic_load_n(&v->done, __ATOMIC_ACQUIRE))
                 continue;
             pthread_join(v->thread, NULL);
             vt->v[i] = vt->v[--vt->n];
+            if (!v->evicted)
+                vt->live--;
             return v;
         }
         struct pollfd p[4] = {
             {.fd = s->wake_fd, .events = POLLIN},
             {.fd = vt->efd, .events = POLLIN},
-            {.fd = vt->n < VET_MAX ? s->listen_fd : -1, .events = POLLIN},
+            {.fd = vt->n < 2 * VET_MAX ? s->listen_fd : -1, .events = POLLIN},
             {.fd = main_fd, .events = POLLRDHUP},
         };
         int rc = poll(p, 4, -1);
@@ -497,41 +540,31 @@ static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd)
         if (!(p[2].revents & POLLIN))
             continue;
         int fd = accept_one(s);
-        if (fd == -2)
-            continue;
-        if (fd < 0)
+        if (fd == -1)
             return NULL;
-        vet *v = calloc(1, sizeof(*v));
-        if (v) {
-            *v = (vet){.s = s, .fd = fd, .efd = vt->efd};
-            if (pthread_create(&v->thread, NULL, vet_main, v)) {
-                free(v);
-                v = NULL;
-            }
-        }
-        if (!v) {
-            mfd__log(s, "closed connection: no memory or thread to vet it");
-            mfd__sock_close(fd);
-            continue;
-        }
-        vt->v[vt->n++] = v;
+        if (fd >= 0)
+            vet_begin(s, vt, fd);
     }
 }
 
 /* Logs and closes a connection that did not pass its vetting. */
 static bool vet_refused(mfd_session *s, vet *v, const char *when)
 {
-    if (v->rc == MFD_IO_OK)
+    if (v->rc == MFD_IO_OK && !v->refused && !v->evicted)
         return false;
-    if (v->rc == VET_REFUSED)
+    uint32_t magic = mfd__get_be32(v->first);
+    if (v->evicted)
+        mfd__log(s, "closed stray connection%s: evicted after %" PRIu64
+                    " ms of vetting, the oldest of %d, for a newer one",
+                 when, (mfd__now_us() - v->t0) / 1000, VET_MAX);
+    else if (v->refused)
         mfd__log(s, "closed connection%s: %s", when, v->why);
     else
         mfd__log(s, "closed stray connection%s: %s%s", when,
-                 mfd__get_be32(v->first) == MFD_MAIN_MAGIC ? "incomplete preamble: "
-                 : mfd__get_be32(v->first) == MFD_DATA_MAGIC
-                     ? "incomplete init message: "
-                     : "",
-                 mfd__io_strerror(v->rc));
+                 magic == MFD_MAIN_MAGIC   ? "incomplete preamble: "
+                 : magic == MFD_DATA_MAGIC ? "incomplete init message: "
+                                           : "",
+                 v->why);
     mfd__sock_close(v->fd);
     free(v);
     return true;
@@ -546,7 +579,7 @@ static int accept_main(mfd_session *s)
     for (;;) {
         vet *v = vetted_next(s, &vt, -1);
         if (!v) {
-            vetting_end(&vt);
+            vetting_end(s, &vt, "the session failed");
             return -1;
         }
         /*
@@ -568,7 +601,7 @@ static int accept_main(mfd_session *s)
             continue;
         }
         /* From here on this connection is the session's main channel. */
-        vetting_end(&vt);
+        vetting_end(s, &vt, "a main channel started the session");
         int fd = s->main_fd = v->fd;
         uint32_t version = mfd__get_be32(v->first + 4);
         free(v);
@@ -988,7 +1021,8 @@ static int accept_channels(mfd_session *s)
     if (vetting_start(s, &vt))
         return -1;
     int rc = accept_data(s, &vt, n, plen);
-    vetting_end(&vt);
+    vetting_end(s, &vt,
+                rc ? "the session failed" : "every channel was connected");
     return rc;
 }
 

@@ -7,8 +7,9 @@
 #   data: the same on a data channel (the main channel silent);
 #   oversize: a HELLO/BLOCK declaring 1 TiB against --max-total-size 1G is
 #         refused at BLOCK, before anything is mapped.
-#   strangers: silent connections ahead of a real source do not hold it
-#         (each connection is vetted on a thread of its own).
+#   strangers: 24 silent connections ahead of a real source do not hold it
+#         (each connection is vetted on a thread of its own; beyond 16 the
+#         oldest is evicted).
 # Usage: slowloris.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -83,13 +84,14 @@ one data "idle-timeout" --idle-timeout 2000
 one oversize "max-total-size" --max-total-size 1G
 
 # Strangers that connect and send nothing are vetted each on a thread of
-# its own: a source behind them (its handshake timeout 5 s) is not held by
-# the destination's 30 s, and its migration completes, verified.
+# its own, and beyond 16 a newer connection evicts the oldest: a source
+# behind 24 of them (its handshake timeout 5 s) is not held by the
+# destination's 30 s, and its migration completes, verified.
 BLK=$E2E_TMP/blk.ram
 head -c 4M /dev/urandom >"$BLK"
 WANT=$(xxh3 "$BLK")
 if start_recv strangers --listen tcp:127.0.0.1:0 --into anon: --handshake-timeout 30000; then
-    silent_peers "$RECV_URI" 4 40
+    silent_peers "$RECV_URI" 24 40
     t0=$(now_ms)
     run_fg strangers.send 30 "$MULTIFD" send --to "$RECV_URI" --channels 2 \
         --handshake-timeout 5000 "$BLK"
