@@ -385,7 +385,12 @@ int mfd__tls_server(mfd_session *s, int fd, char *err, size_t errlen)
         gnutls_deinit(sess);
         return -1;
     }
-    if (check_authz(s, sess, err, errlen) || register_fd(fd, sess)) {
+    bool refused = check_authz(s, sess, err, errlen) != 0;
+    if (!refused && register_fd(fd, sess)) {
+        snprintf(err, errlen, "TLS: descriptor %d out of range", fd);
+        refused = true;
+    }
+    if (refused) {
         gnutls_bye(sess, GNUTLS_SHUT_WR);
         gnutls_deinit(sess);
         return -1;
