@@ -128,6 +128,24 @@ static uint8_t *stored(uint8_t *o, const uint8_t *p, uint32_t len)
     return o;
 }
 
+/*
+ * The packet as stored blocks only, from the guest's memory (a page torn
+ * by a writer is dirty and sent again). igzip is reset first: every
+ * packet starts where the previous one's full flush left the stream, with
+ * no history, so dropping this packet's deflate output loses nothing the
+ * destination has seen.
+ */
+static uint8_t *packet_stored(zlib_tx *z, uint8_t *o, const uint8_t *host,
+                              const uint64_t *off, uint32_t normal,
+                              uint32_t ps)
+{
+    isal_deflate_reset(&z->s);
+    z->pending = false;
+    for (uint32_t i = 0; i < normal; i++)
+        o = stored(o, host + off[i], ps);
+    return o;
+}
+
 static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
                              const uint64_t *off, uint32_t normal,
                              uint32_t *len)
@@ -137,34 +155,42 @@ static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
     zlib_tx *z = ch->m.state;
     uint64_t t0 = mfd__now_us();
     uint8_t *o = ch->m.buf, *end = ch->m.buf + ch->m.buf_len;
-    int rc = 0;
     if (!z->header_out) {
         o[0] = 0x78; /* deflate, 32 KiB window */
         o[1] = 0x01; /* check bits: 0x7801 % 31 == 0, no dictionary */
         o += 2;
         z->header_out = true;
     }
+    /*
+     * Deflate may not exceed the packet as stored blocks; igzip's fastest
+     * level, whose Huffman table is fixed, expands some pages that look
+     * compressible (arrays of kernel pointers: 123% seen in a real
+     * guest's RAM), and then the packet goes out stored.
+     */
+    uint8_t *start = o;
+    uint64_t as_stored = (uint64_t)normal * (ps + 5 * (ps / 65535 + 1));
+    int rc = 0;
     for (uint32_t i = 0; i < normal && !rc; i++) {
-        memcpy(ch->m.page, host + off[i], ps);
-        if (z->store_all || mfd__page_incompressible(ch->m.page, ps)) {
+        if (z->store_all || mfd__page_incompressible(host + off[i], ps)) {
             if (z->pending && !(rc = igzip(z, &o, end, NULL, 0, FULL_FLUSH)))
                 z->pending = false;
             if (!rc && (uint64_t)(end - o) < ps + 5 * (ps / 65535 + 1))
                 rc = -1;
             if (!rc)
-                o = stored(o, ch->m.page, ps);
+                o = stored(o, host + off[i], ps);
         } else {
+            /* The copy: igzip may read a page twice (matches). */
+            memcpy(ch->m.page, host + off[i], ps);
             rc = igzip(z, &o, end, ch->m.page, ps, NO_FLUSH);
             z->pending = true;
         }
     }
     if (!rc && z->pending && !(rc = igzip(z, &o, end, NULL, 0, FULL_FLUSH)))
         z->pending = false;
-    if (rc)
-        mfd__fail(s, MFD_ESYS, "channel %u: zlib: deflate failed (output "
-                  "beyond its bound?)", ch->id);
-    return mfd__method_sent_buf(ch, normal, rc ? -1 : (int64_t)(o - ch->m.buf),
-                                t0, len);
+    if (rc || (uint64_t)(o - start) > as_stored)
+        o = packet_stored(z, start, host, off, normal, ps);
+    return mfd__method_sent_buf(ch, normal, (int64_t)(o - ch->m.buf), t0,
+                                len);
 }
 
 /* ---- destination: plain zlib ------------------------------------------- */
