@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <isa-l/igzip_lib.h>
 #include <lz4.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -234,7 +235,7 @@ static void rig_fini(rig *r)
 static void fresh_decoder(rig *r)
 {
     if (r->ops == &mfd__method_zlib) {
-        assert_int_equal(inflateReset(r->rc->m.state), Z_OK);
+        isal_inflate_reset(r->rc->m.state);
         r->rc->m.started = false; /* the next packet brings the header */
     }
     else if (r->ops == &mfd__method_zstd)
@@ -670,7 +671,7 @@ typedef struct {
     rig r;
     uint8_t *host;
     pkt p[2];
-    z_stream *after0; /* zlib: the inflater once packet 0 is decoded */
+    struct inflate_state *after0; /* zlib: the inflater after packet 0 */
 } material;
 
 static void material_make(material *m, const mfd_method_ops *ops)
@@ -699,10 +700,7 @@ static void material_make(material *m, const mfd_method_ops *ops)
 
 static void material_free(material *m)
 {
-    if (m->after0) {
-        inflateEnd(m->after0);
-        free(m->after0);
-    }
+    free(m->after0);
     pkt_free(&m->p[0]);
     pkt_free(&m->p[1]);
     free(m->host);
@@ -721,8 +719,8 @@ static void decoder_at(material *m, int t)
     if (m->r.ops == &mfd__method_lz4)
         return;
     if (t == 1 && m->after0) {
-        assert_int_equal(inflateEnd(m->r.rc->m.state), Z_OK);
-        assert_int_equal(inflateCopy(m->r.rc->m.state, m->after0), Z_OK);
+        /* ISA-L's inflate state holds no pointers between calls. */
+        memcpy(m->r.rc->m.state, m->after0, sizeof(*m->after0));
         m->r.rc->m.started = true; /* packet 0 carried the stream header */
         return;
     }
@@ -732,9 +730,9 @@ static void decoder_at(material *m, int t)
                            sizeof(err)))
             fail_msg("%s packet %d: %s", m->r.ops->name, i, err);
     if (t == 1 && m->r.ops == &mfd__method_zlib) {
-        m->after0 = calloc(1, sizeof(z_stream));
+        m->after0 = malloc(sizeof(*m->after0));
         assert_non_null(m->after0);
-        assert_int_equal(inflateCopy(m->after0, m->r.rc->m.state), Z_OK);
+        memcpy(m->after0, m->r.rc->m.state, sizeof(*m->after0));
     }
 }
 
