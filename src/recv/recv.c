@@ -1307,7 +1307,20 @@ static int main_loop(mfd_session *s)
                                  " ms (idle-timeout): it stalled",
                                  s->idle_timeout);
         }
-        int rc = poll(p, 3, tmo);
+        /*
+         * TLS may hold decrypted records the socket no longer shows: a
+         * peer that puts several of ours into one TLS record (ours never
+         * do) left them there, unseen by poll, until the idle timeout.
+         */
+        void *tls = mfd__tls_of(s->main_fd);
+        int rc;
+        if (tls && mfd__tls_pending(tls)) {
+            p[0].revents = POLLIN;
+            p[1].revents = p[2].revents = 0;
+            rc = 1;
+        } else {
+            rc = poll(p, 3, tmo);
+        }
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0)

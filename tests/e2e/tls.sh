@@ -13,6 +13,9 @@
 #   mixing: a plaintext source against a TLS destination and the reverse;
 #         zero-copy-send with TLS refused.
 #   demo (x509) and bench (PSK) over TLS, verified.
+#   reframed: through tls_reframe.py, a proxy that re-cuts the stream into
+#         TLS records of random sizes, into fresh, preallocated memory,
+#         with zstd and with CRC.
 # Usage: tls.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -86,7 +89,18 @@ ok() {
         return
     fi
     [ -n "${OK_STRANGERS:-}" ] && silent_peers "$RECV_URI" "$OK_STRANGERS" 40
-    run_fg "$tag.send" 60 "$MULTIFD" send --to "$RECV_URI" --channels 2 "$@" "$BLK"
+    local to=$RECV_URI proxy=
+    if [ -n "${OK_REFRAME:-}" ]; then
+        # Through a proxy that re-cuts the stream into records of random
+        # sizes (seed OK_REFRAME), as an independent peer's may be.
+        local pf=$E2E_TMP/$tag.proxy-port i
+        python3 "$here/tls_reframe.py" "$P/srv" "$P/cli" "${RECV_URI#tcp:}" \
+            "$pf" "$OK_REFRAME" >"$E2E_TMP/$tag.proxy.out" 2>"$E2E_TMP/$tag.proxy.err" &
+        proxy=$!
+        for i in $(seq 1 250); do [ -s "$pf" ] && break; sleep 0.02; done
+        to=tcp:127.0.0.1:$(cat "$pf" 2>/dev/null)
+    fi
+    run_fg "$tag.send" 60 "$MULTIFD" send --to "$to" --channels 2 "$@" "$BLK"
     local src=$FG_RC
     [ -n "${OK_STRANGERS:-}" ] && kill "$SILENT_PID" 2>/dev/null
     bg_wait "$RECV_PID" 20
@@ -98,6 +112,11 @@ ok() {
         fail "$tag" "send $src, recv $BG_RC, digest '$got' (want $WANT)"
         show_file "$E2E_TMP/$tag.send.err"
         show_file "$E2E_TMP/$tag.recv.err"
+        [ -n "$proxy" ] && show_file "$E2E_TMP/$tag.proxy.err"
+    fi
+    if [ -n "$proxy" ]; then
+        kill "$proxy" 2>/dev/null
+        wait "$proxy" 2>/dev/null
     fi
     check_stderr_clean "$tag/stderr" "$E2E_TMP/$tag.send.err"
 }
@@ -156,6 +175,18 @@ ok psk "--tls-psk $P/keys.psk" --tls-psk "$P/keys.psk"
 OK_STRANGERS=4 ok x509-behind-silent-strangers \
     "--tls-creds $P/srv --handshake-timeout 30000" --tls-creds "$P/cli" \
     --handshake-timeout 5000
+# Records of any size, cut anywhere in headers and pages, into fresh and
+# preallocated memory, through a compressor's buffer, and with CRC; the
+# main channel's records arrive several to a TLS record (the destination
+# used to wait on poll() for records GnuTLS already held, until the idle
+# timeout).
+OK_REFRAME=1 ok x509-reframed "--tls-creds $P/srv" --tls-creds "$P/cli"
+OK_REFRAME=2 ok x509-reframed-prealloc \
+    "--tls-creds $P/srv --prealloc --block blk.ram=$(stat -c %s "$BLK")" \
+    --tls-creds "$P/cli"
+OK_REFRAME=3 ok x509-reframed-zstd "--tls-creds $P/srv" --tls-creds "$P/cli" \
+    --multifd-compression zstd
+OK_REFRAME=4 ok x509-reframed-crc "--tls-creds $P/srv" --tls-creds "$P/cli" --crc
 refused psk-mismatch "TLS" "--tls-psk $P/keys.psk" --tls-psk "$P/wrong.psk"
 
 refused plain-to-tls "preamble" "--tls-creds $P/srv"
