@@ -108,6 +108,12 @@ static int igzip(zlib_tx *z, uint8_t **o, uint8_t *end, uint8_t *in,
     return z->s.avail_in || !z->s.avail_out ? -1 : 0;
 }
 
+/* The bytes one page takes as stored blocks (5 bytes per 64 KiB). */
+static uint64_t stored_size(uint32_t ps)
+{
+    return ps + 5 * (ps / 65535 + 1);
+}
+
 /* A stored block: byte-aligned header, LEN and NLEN little-endian, bytes. */
 static uint8_t *stored(uint8_t *o, const uint8_t *p, uint32_t len)
 {
@@ -165,7 +171,7 @@ static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
      * guest's RAM), and then the packet goes out stored.
      */
     uint8_t *start = o;
-    uint64_t as_stored = (uint64_t)normal * (ps + 5 * (ps / 65535 + 1));
+    uint64_t as_stored = normal * stored_size(ps);
     /*
      * Each run of compressible pages is copied into the staging buffer
      * (the guest may change a page while igzip reads it, twice where it
@@ -185,7 +191,7 @@ static int zlib_send_prepare(mfd_send_chan *ch, uint8_t *host,
         if (nrun)
             rc = igzip(z, &o, end, run, nrun * ps, FULL_FLUSH);
         nrun = 0;
-        if (!rc && (uint64_t)(end - o) < ps + 5 * (ps / 65535 + 1))
+        if (!rc && (uint64_t)(end - o) < stored_size(ps))
             rc = -1;
         if (!rc)
             o = stored(o, page, ps);
@@ -238,6 +244,13 @@ static bool inflate_holds_output(const struct inflate_state *z)
     return z->tmp_out_valid > z->tmp_out_processed;
 }
 
+static int too_much(char *err, size_t errlen, uint64_t out_len)
+{
+    snprintf(err, errlen, "inflates to more than %llu bytes (normal pages x "
+             "page size)", (unsigned long long)out_len);
+    return -1;
+}
+
 static int zlib_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
                        uint8_t *dst, uint64_t out_len, char *err,
                        size_t errlen)
@@ -276,11 +289,8 @@ static int zlib_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
         z->next_out = &spare;
         z->avail_out = 1;
         r = isal_inflate(z);
-        if (!z->avail_out) {
-            snprintf(err, errlen, "inflates to more than %llu bytes (normal "
-                     "pages x page size)", (unsigned long long)out_len);
-            return -1;
-        }
+        if (!z->avail_out)
+            return too_much(err, errlen, out_len);
         z->avail_out = 0;
     }
     if (r < 0) {
@@ -298,11 +308,8 @@ static int zlib_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
                               "lasts the whole migration)");
         return -1;
     }
-    if (!z->avail_out && inflate_holds_output(z)) {
-        snprintf(err, errlen, "inflates to more than %llu bytes (normal "
-                 "pages x page size)", (unsigned long long)out_len);
-        return -1;
-    }
+    if (!z->avail_out && inflate_holds_output(z))
+        return too_much(err, errlen, out_len);
     if (z->avail_in || z->avail_out) {
         snprintf(err, errlen,
                  "inflates to %llu bytes, expected %llu (normal pages x page "
