@@ -397,7 +397,7 @@ static const char recv_usage[] =
     "                      other blocks go where --into says)\n"
     "  --max-total-size S  refuse a migration larger than S bytes (K/M/G/T);\n"
     "                      default: physical memory, or the directory's\n"
-    "                      free space\n"
+    "                      free space (--max-size is the same option)\n"
     "  --handshake-timeout MS  a connection must finish its TLS handshake\n"
     "                      and preamble, the source its setup, within MS\n"
     "                      (default 10000)\n"
@@ -539,6 +539,7 @@ static int cmd_recv(int argc, char **argv)
         {"into", required_argument, 0, 'i'},
         {"prealloc", no_argument, 0, 'a'},
         {"max-total-size", required_argument, 0, 'm'},
+        {"max-size", required_argument, 0, 'm'},
         {"network-timeout", required_argument, 0, 'n'},
         {"accept-compression", required_argument, 0, 'C'},
         {"block", required_argument, 0, 'b'},
@@ -767,7 +768,8 @@ static const char restore_usage[] =
     "  --direct-io         read pages with O_DIRECT\n"
     "  --prealloc          populate the memory before reading\n"
     "  --file NAME=PATH    restore block NAME into the file PATH (repeatable)\n"
-    "  --max-total-size S  refuse a snapshot larger than S bytes (K/M/G/T)\n"
+    "  --max-total-size S  refuse a snapshot larger than S bytes (K/M/G/T;\n"
+    "                      --max-size is the same option)\n"
     "  --progress          print a progress line while running\n"
     "  --json              print the stats (and digests) as one JSON object\n"
     "  -h, --help          this text\n";
@@ -783,6 +785,7 @@ static int cmd_restore(int argc, char **argv)
         {"prealloc", no_argument, 0, 'a'},
         {"file", required_argument, 0, 'f'},
         {"max-total-size", required_argument, 0, 'm'},
+        {"max-size", required_argument, 0, 'm'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},

@@ -5,8 +5,9 @@
 #         channel: `recv --idle-timeout 2000` fails within a few seconds,
 #         one error line naming the idle timeout, exit 1;
 #   data: the same on a data channel (the main channel silent);
-#   oversize: a HELLO/BLOCK declaring 1 TiB against --max-total-size 1G is
-#         refused at BLOCK, before anything is mapped.
+#   oversize: a HELLO/BLOCK declaring 1 TiB against --max-total-size 1G
+#         (and against its other name, --max-size 1G) is refused at BLOCK,
+#         before anything is mapped.
 #   strangers: 24 silent connections ahead of a real source do not hold it
 #         (each connection is vetted on a thread of its own; beyond 16 the
 #         oldest is evicted).
@@ -20,7 +21,7 @@ e2e_init slowloris "${1:-}"
 PEER=$E2E_TMP/peer.py
 cat >"$PEER" <<'PYEOF'
 import os, socket, struct, sys, time
-host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3].split("-")[0]
 def rec(t, body=b""):
     return struct.pack(">II", t, len(body)) + body + b"\0" * ((-len(body)) % 8)
 m = socket.create_connection((host, port))
@@ -82,6 +83,7 @@ one() {
 one main "idle-timeout" --idle-timeout 2000
 one data "idle-timeout" --idle-timeout 2000
 one oversize "max-total-size" --max-total-size 1G
+one oversize-alias "max-total-size" --max-size 1G
 
 # Strangers that connect and send nothing are vetted each on a thread of
 # its own, and beyond 16 a newer connection evicts the oldest: a source
