@@ -1308,19 +1308,11 @@ static int main_loop(mfd_session *s)
                                  s->idle_timeout);
         }
         /*
-         * TLS may hold decrypted records the socket no longer shows: a
-         * peer that puts several of ours into one TLS record (ours never
-         * do) left them there, unseen by poll, until the idle timeout.
+         * A peer that puts several of our records into one TLS record
+         * (ours never do) leaves them decrypted in the session, where
+         * plain poll would not see them until the idle timeout.
          */
-        void *tls = mfd__tls_of(s->main_fd);
-        int rc;
-        if (tls && mfd__tls_pending(tls)) {
-            p[0].revents = POLLIN;
-            p[1].revents = p[2].revents = 0;
-            rc = 1;
-        } else {
-            rc = poll(p, 3, tmo);
-        }
+        int rc = mfd__poll_readable(p, 3, tmo);
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0)

@@ -291,6 +291,18 @@ static uint64_t now_ms(void)
     return mfd__now_us() / 1000;
 }
 
+int mfd__poll_readable(struct pollfd *p, nfds_t n, int timeout_ms)
+{
+    void *tls = mfd__tls_of(p[0].fd);
+    if (tls && mfd__tls_pending(tls)) {
+        p[0].revents = POLLIN;
+        for (nfds_t i = 1; i < n; i++)
+            p[i].revents = 0;
+        return 1;
+    }
+    return poll(p, n, timeout_ms);
+}
+
 /* Waits for fd (or wake_fd) until the absolute deadline (0: none). */
 static int wait_readable(int fd, int wake_fd, uint64_t deadline)
 {
@@ -302,7 +314,7 @@ static int wait_readable(int fd, int wake_fd, uint64_t deadline)
             uint64_t now = now_ms();
             left = now >= deadline ? 0 : (int)(deadline - now);
         }
-        int rc = poll(p, wake_fd >= 0 ? 2 : 1, left);
+        int rc = mfd__poll_readable(p, wake_fd >= 0 ? 2 : 1, left);
         if (rc > 0 && wake_fd >= 0 && (p[1].revents & POLLIN))
             return MFD_IO_WOKEN;
         if (rc > 0)
@@ -336,8 +348,7 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
         deadline = 1; /* already passed */
     void *tls = mfd__tls_of(fd);
     while (done < len) {
-        /* TLS may hold decrypted bytes the socket no longer shows. */
-        if ((deadline || wake_fd >= 0) && !(tls && mfd__tls_pending(tls))) {
+        if (deadline || wake_fd >= 0) {
             int w = wait_readable(fd, wake_fd, deadline);
             if (w)
                 return w;

@@ -8,6 +8,7 @@
 #ifndef MFD_TRANSPORT_H
 #define MFD_TRANSPORT_H
 
+#include <poll.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
@@ -66,6 +67,12 @@ enum {
     MFD_IO_WOKEN = -3,    /* wake_fd became readable first */
 };
 
+/*
+ * poll(2) whose first entry is a channel's socket: a TLS channel whose
+ * session already holds decrypted bytes (which the socket no longer shows)
+ * is readable at once, the other entries then reported idle.
+ */
+int mfd__poll_readable(struct pollfd *p, nfds_t n, int timeout_ms);
 /* Reads exactly len bytes. */
 int mfd__read_full(int fd, void *buf, size_t len);
 /* Same, giving up when all bytes have not come within timeout_ms (< 0: no
