@@ -6,6 +6,8 @@
 #         replica equals the primary's memory at that checkpoint's pause
 #         (the writers also turn pages zero and back: one rewrite in eight
 #         is an all-zero page).
+#   parallel-commit: checkpoints of 16 MiB and more, which the secondary
+#         commits on two threads (a share each, split across the blocks).
 #   idle: writers stopped: checkpoints with no dirty pages.
 #   manual: the manual dirty tracker.
 #   kill-primary: the primary dies in the middle of a checkpoint's transfer
@@ -48,6 +50,8 @@ for ch in 1 2 3 4; do
     colo_case "verify-$ch-$staging" "$VERIFIED" --channels "$ch" \
         --colo-staging "$staging" --checkpoints 5 --verify --dirty-rate 32M
 done
+colo_case parallel-commit "$VERIFIED" --size 64M --channels 4 --checkpoints 4 \
+    --checkpoint-interval 400 --verify --dirty-rate 256M
 colo_case idle "$VERIFIED" --writers 0 --checkpoints 3 --verify
 if grep -q " 0 dirty pages" "$E2E_TMP/idle.out"; then
     pass idle/no-dirty-pages
