@@ -89,4 +89,16 @@ static inline uint64_t mfd__now_us(void)
 #define MFD_STAT_GET(var) __atomic_load_n(&(var), __ATOMIC_RELAXED)
 #define MFD_STAT_SET(var, v) __atomic_store_n(&(var), (v), __ATOMIC_RELAXED)
 
+/*
+ * Microseconds since a time stamp (mfd__now_us) that other threads move
+ * forward: the stamp is read before the clock, and a stamp newer than the
+ * clock reading counts as now (an unsigned now - stamp would wrap).
+ */
+static inline uint64_t mfd__us_since(const uint64_t *stamp)
+{
+    uint64_t t = __atomic_load_n(stamp, __ATOMIC_RELAXED);
+    uint64_t now = mfd__now_us();
+    return now > t ? now - t : 0;
+}
+
 #endif

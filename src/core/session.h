@@ -382,7 +382,7 @@ void mfd__recv_release(struct mfd_session *s);
  */
 int mfd__map_block(struct mfd_session *s, mfd_block *b);
 int mfd__uffd_place(struct mfd_session *s, mfd_block *b, uint64_t off,
-                    const uint8_t *src, uint64_t len, uint32_t ps);
+                    const uint8_t *src, uint64_t len);
 void mfd__placement_done(struct mfd_session *s);
 uint64_t mfd__total_size_limit(const struct mfd_session *s);
 

@@ -248,7 +248,6 @@ static int place_run(mfd_recv_chan *ch, uint32_t bi, uint64_t off,
     mfd_snap *f = s->snap;
     mfd_block *b = &s->blocks[bi];
     uint64_t src = f->info.blocks[bi].pages_offset + off;
-    uint32_t ps = f->info.page_size;
     int fd = f->dfd >= 0 ? f->dfd : f->fd;
     int rc;
 
@@ -270,7 +269,7 @@ static int place_run(mfd_recv_chan *ch, uint32_t bi, uint64_t off,
         }
         rc = mfd__pread_full(fd, ch->bounce, len, src);
         if (!rc && b->place == MFD_PLACE_UFFD &&
-            mfd__uffd_place(s, b, off, ch->bounce, len, ps))
+            mfd__uffd_place(s, b, off, ch->bounce, len))
             return mfd__fail(s, MFD_ESYS,
                              "block '%s': UFFDIO_COPY at 0x%" PRIx64 ": %s",
                              b->name, off, strerror(errno));

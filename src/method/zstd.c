@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "common/util.h"
 #include "core/session.h"
@@ -80,6 +81,14 @@ static int zstd_send_prepare(mfd_send_chan *ch, uint8_t *host,
                                 t0, len);
 }
 
+/*
+ * The largest window a frame may ask of a channel's decoder: 2^25 bytes
+ * (32 MiB), what zstd's level 20 (the highest multifd-zstd-level) takes.
+ * zstd's own default, 2^27, let a peer make every channel allocate 128 MiB
+ * with a few bytes of frame header.
+ */
+#define ZSTD_WINDOW_LOG_MAX 25
+
 static int zstd_recv_setup(mfd_recv_chan *ch)
 {
     mfd_session *s = ch->s;
@@ -89,6 +98,11 @@ static int zstd_recv_setup(mfd_recv_chan *ch)
     if (!ch->m.state || !ch->m.buf)
         return mfd__fail(s, MFD_ENOMEM, "channel %u: zstd: out of memory",
                          ch->id);
+    size_t r = ZSTD_DCtx_setParameter(ch->m.state, ZSTD_d_windowLogMax,
+                                      ZSTD_WINDOW_LOG_MAX);
+    if (ZSTD_isError(r))
+        return mfd__fail(s, MFD_EINVAL, "channel %u: zstd window limit: %s",
+                         ch->id, ZSTD_getErrorName(r));
     return 0;
 }
 
@@ -128,6 +142,14 @@ static int zstd_decode(mfd_method_chan *m, const uint8_t *src, uint32_t len,
             }
         } else {
             hint = ZSTD_decompressStream(m->state, &out, &in);
+        }
+        if (ZSTD_isError(hint) &&
+            ZSTD_getErrorCode(hint) == ZSTD_error_frameParameter_windowTooLarge) {
+            snprintf(err, errlen,
+                     "a frame's window is larger than 2^%d bytes, the most "
+                     "the destination decodes (zstd level 20 needs 2^25)",
+                     ZSTD_WINDOW_LOG_MAX);
+            return -1;
         }
         if (ZSTD_isError(hint)) {
             snprintf(err, errlen, "%s", ZSTD_getErrorName(hint));

@@ -96,11 +96,14 @@ static void apply_zero_page(mfd_block *b, uint64_t off, uint32_t ps)
 
 /*
  * Places `len` bytes from the channel's buffer at `off` in a UFFD block.
- * UFFDIO_COPY fails with EEXIST on a page that is already there; such a
- * page is simply copied into.
+ * UFFDIO_COPY fails with EEXIST on a host page that is already there; such
+ * a page is simply copied into. The unit is the host page, not the
+ * migration's: a peer that sends one 64 KiB page on two channels at once
+ * may have had only part of it placed by the other channel so far, and a
+ * host page not yet placed must never be touched (it would fault).
  */
 int mfd__uffd_place(mfd_session *s, mfd_block *b, uint64_t off,
-                      const uint8_t *src, uint64_t len, uint32_t ps)
+                    const uint8_t *src, uint64_t len)
 {
     while (len) {
         struct uffdio_copy c = {.dst = (uintptr_t)(b->host + off),
@@ -110,8 +113,8 @@ int mfd__uffd_place(mfd_session *s, mfd_block *b, uint64_t off,
             return 0;
         uint64_t done = c.copy > 0 ? (uint64_t)c.copy : 0;
         if (errno == EEXIST && !done) {
-            memcpy(b->host + off, src, ps);
-            done = ps;
+            done = (uint64_t)sysconf(_SC_PAGESIZE);
+            memcpy(b->host + off, src, done);
         } else if (errno != EAGAIN && errno != EEXIST && !done) {
             return -1;
         }
@@ -160,7 +163,7 @@ static int place_pages(mfd_recv_chan *ch, mfd_block *b, uint32_t normal,
                 done += (uint64_t)n;
             }
         } else if (!had && b->place == MFD_PLACE_UFFD) {
-            if (mfd__uffd_place(s, b, off, src, len, ps))
+            if (mfd__uffd_place(s, b, off, src, len))
                 return mfd__fail(s, MFD_ESYS,
                                  "channel %u: packet %" PRIu64
                                  ": UFFDIO_COPY into block '%s' at 0x%" PRIx64
@@ -493,14 +496,25 @@ static void vet_begin(mfd_session *s, vetting *vt, int fd)
 
 /*
  * Returns the next connection whose vetting is done (the caller owns it:
- * its fd and the struct), or NULL after failing the session or being
- * woken. main_fd >= 0: the session's main channel closing fails it.
+ * its fd and the struct), or NULL after failing the session, being woken
+ * or reaching deadline_us (0: none; `what` then names the wait in the
+ * error). main_fd >= 0: the session's main channel closing fails it.
  */
-static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd)
+static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd,
+                        uint64_t deadline_us, const char *what)
 {
     for (;;) {
         if (mfd__failed(s))
             return NULL;
+        int tmo = -1;
+        if (deadline_us) {
+            uint64_t now = mfd__now_us();
+            if (now >= deadline_us) {
+                mfd__fail(s, MFD_ETIMEDOUT, "%s", what);
+                return NULL;
+            }
+            tmo = (int)((deadline_us - now + 999) / 1000);
+        }
         for (int i = 0; i < vt->n; i++) {
             vet *v = vt->v[i];
             if (!__atomic_load_n(&v->done, __ATOMIC_ACQUIRE))
@@ -517,7 +531,7 @@ static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd)
             {.fd = vt->n < 2 * VET_MAX ? s->listen_fd : -1, .events = POLLIN},
             {.fd = main_fd, .events = POLLRDHUP},
         };
-        int rc = poll(p, 4, -1);
+        int rc = poll(p, 4, tmo);
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0) {
@@ -577,7 +591,7 @@ static int accept_main(mfd_session *s)
     if (vetting_start(s, &vt))
         return -1;
     for (;;) {
-        vet *v = vetted_next(s, &vt, -1);
+        vet *v = vetted_next(s, &vt, -1, 0, NULL);
         if (!v) {
             vetting_end(s, &vt, "the session failed");
             return -1;
@@ -940,8 +954,15 @@ static int read_setup(mfd_session *s)
 static int accept_data(mfd_session *s, vetting *vt, uint32_t n, size_t plen)
 {
     uint32_t connected = 0;
+    /* The source connects its channels as soon as READY is out. */
+    uint64_t deadline = mfd__now_us() + (uint64_t)s->handshake_timeout * 1000;
+    char what[160];
     while (connected < n) {
-        vet *v = vetted_next(s, vt, s->main_fd);
+        snprintf(what, sizeof(what),
+                 "data channels: %u of %u connected within %" PRId64
+                 " ms of READY (handshake-timeout)",
+                 connected, n, s->handshake_timeout);
+        vet *v = vetted_next(s, vt, s->main_fd, deadline, what);
         if (!v)
             return -1;
         if (vet_refused(s, v, " during channel setup"))
@@ -1070,6 +1091,32 @@ static int on_zero_pages(mfd_session *s, const uint8_t *body, uint32_t len)
     return 0;
 }
 
+/* COLO: the primary is lost (PROTOCOL.md 4); the replica gets promoted. */
+static int colo_primary_lost(mfd_session *s)
+{
+    return mfd__fail(s, MFD_ETIMEDOUT,
+                     "COLO: primary lost: nothing from it for %" PRId64
+                     " ms (heartbeat-timeout)",
+                     s->hb_timeout);
+}
+
+/*
+ * COLO, while the main thread is not reading the main channel: has the
+ * primary been silent for the heartbeat timeout? Data on any channel, or
+ * bytes piling up unread on the main channel (its heartbeats; *pending
+ * holds the count seen last), are signs of life.
+ */
+static bool colo_primary_silent(mfd_session *s, int *pending)
+{
+    int n = 0;
+    if (ioctl(s->main_fd, FIONREAD, &n) == 0 && n > *pending)
+        MFD_STAT_SET(s->last_main_us, mfd__now_us());
+    *pending = n;
+    uint64_t quiet = MFD_MIN(mfd__us_since(&s->last_main_us),
+                             mfd__us_since(&s->last_rx_us));
+    return quiet >= (uint64_t)s->hb_timeout * 1000;
+}
+
 static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
 {
     if (len != 8)
@@ -1080,6 +1127,9 @@ static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
                          "ITERATION_END: iteration %" PRIu64
                          ", expected %" PRIu64,
                          it, s->released_iter + 1);
+    /* COLO: heartbeats pile up unread meanwhile; they count as life. */
+    bool colo = s->features & MFD_FEAT_COLO;
+    int main_pending = 0;
     pthread_mutex_lock(&s->sync_lock);
     for (;;) {
         uint32_t behind = 0;
@@ -1088,7 +1138,11 @@ static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
         if (!behind || mfd__failed(s))
             break;
         /* A channel fed a byte at a time must not hold us: idle-timeout. */
-        uint64_t since = mfd__now_us() - MFD_STAT_GET(s->last_rx_us);
+        uint64_t since = mfd__us_since(&s->last_rx_us);
+        if (colo && colo_primary_silent(s, &main_pending)) {
+            pthread_mutex_unlock(&s->sync_lock);
+            return colo_primary_lost(s);
+        }
         if (s->idle_timeout && since >= (uint64_t)s->idle_timeout * 1000) {
             pthread_mutex_unlock(&s->sync_lock);
             return mfd__fail(s, MFD_ETIMEDOUT,
@@ -1146,6 +1200,12 @@ static int on_complete(mfd_session *s, const uint8_t *body, uint32_t len)
                          "COMPLETE before DIGESTS with feature VERIFY");
     if (!s->released_iter)
         return mfd__fail(s, MFD_EPROTO, "COMPLETE before any ITERATION_END");
+    /* The memory a COLO session ends with is the replica: never empty. */
+    if ((s->features & MFD_FEAT_COLO) &&
+        MFD_STAT_GET(s->colo_state) != MFD_COLO_PROTECTED)
+        return mfd__fail(s, MFD_EPROTO,
+                         "COLO: COMPLETE before checkpoint 0 was committed "
+                         "(PROTOCOL.md 4: the migrated state is checkpoint 0)");
     mfd_stats *st = malloc(sizeof(*st));
     if (!st)
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
@@ -1296,7 +1356,7 @@ static int main_loop(mfd_session *s)
         /* Wake for the idle check too: channels count as activity. */
         int tmo = colo ? (int)s->hb_timeout : -1;
         if (idle_us) {
-            uint64_t since = mfd__now_us() - MFD_STAT_GET(s->last_rx_us);
+            uint64_t since = mfd__us_since(&s->last_rx_us);
             int left = since >= idle_us ? 0 : (int)((idle_us - since) / 1000) + 1;
             if (!since || since < idle_us)
                 tmo = tmo < 0 || left < tmo ? left : tmo;
@@ -1317,13 +1377,15 @@ static int main_loop(mfd_session *s)
             continue;
         if (rc < 0)
             return mfd__fail(s, MFD_ESYS, "poll: %s", strerror(errno));
-        if (rc == 0 && colo &&
-            mfd__now_us() - MFD_STAT_GET(s->last_main_us) >=
+        /*
+         * Whatever woke us (a stray connecting every so often too), a
+         * main channel with nothing to read for heartbeat-timeout is a
+         * lost primary.
+         */
+        if (colo && !p[0].revents &&
+            mfd__us_since(&s->last_main_us) >=
                 (uint64_t)s->hb_timeout * 1000)
-            return mfd__fail(s, MFD_ETIMEDOUT,
-                             "COLO: primary lost: nothing from it for %" PRId64
-                             " ms (heartbeat-timeout)",
-                             s->hb_timeout);
+            return colo_primary_lost(s);
         if (rc == 0)
             continue;
         if (mfd__failed(s))
@@ -1343,9 +1405,16 @@ static int main_loop(mfd_session *s)
             continue;
         uint32_t type, len;
         uint8_t *body;
-        /* A record must arrive whole within idle-timeout. */
-        rc = mfd__recv_record(s, idle_us ? (int)s->idle_timeout : -1, &type,
-                              &body, &len, err, sizeof(err));
+        /* A record must arrive whole within idle-timeout (COLO: within
+         * heartbeat-timeout, if that is shorter). */
+        int rec_tmo = idle_us ? (int)s->idle_timeout : -1;
+        bool hb_first = colo && (rec_tmo < 0 || s->hb_timeout < rec_tmo);
+        if (hb_first)
+            rec_tmo = (int)s->hb_timeout;
+        rc = mfd__recv_record(s, rec_tmo, &type, &body, &len, err,
+                              sizeof(err));
+        if (rc == MFD_IO_TIMEOUT && hb_first)
+            return colo_primary_lost(s);
         if (rc == MFD_IO_TIMEOUT)
             return mfd__fail(s, MFD_ETIMEDOUT,
                              "main channel: a record did not arrive whole "
