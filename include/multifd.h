@@ -172,8 +172,9 @@ typedef enum {
      * its whole preamble or channel init, and a destination the whole of
      * each setup record (HELLO, BLOCK, SETUP_END); a source waits that long
      * for the preamble answer, and at most that long for each connect.
-     * READY is awaited without limit (mapping or preallocating large memory
-     * takes time); mfd_cancel() ends any wait.
+     * After READY a destination waits at most that long for all its data
+     * channels. READY is awaited without limit (mapping or preallocating
+     * large memory takes time); mfd_cancel() ends any wait.
      * Default 10000.
      */
     MFD_PARAM_HANDSHAKE_TIMEOUT = 107,
