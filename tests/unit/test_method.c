@@ -8,7 +8,7 @@
  *   merged.
  * - zlib, zstd, lz4: one channel's stream of many packets (mixed content,
  *   1 to pages_per_packet pages, 4 KiB and 64 KiB pages) decodes back byte
- *   for byte; every payload stays within ops->bound(normal, page size)
+ *   for byte (zlib: also through plain zlib's inflate); every payload stays within ops->bound(normal, page size)
  *   (random content at the largest packet, every level extreme).
  * - Hostile payloads: flipped bytes, every truncation, decompression bombs,
  *   input left over, lz4 length fields and blocks, a fresh decoder fed a
@@ -486,6 +486,18 @@ static void round_trip(const mfd_method_ops *ops, uint32_t ps, int level,
     }
     uint64_t raw_total = 0, comp_total = 0;
     bool seen1 = false, seenfull = false;
+    /*
+     * zlib: the stream must also be one that plain zlib inflates, packet by
+     * packet (a QEMU destination), though our own destination uses ISA-L.
+     */
+    bool ref_zlib = ops == &mfd__method_zlib;
+    z_stream ref = {0};
+    uint8_t *ref_out = NULL;
+    if (ref_zlib) {
+        assert_int_equal(inflateInit(&ref), Z_OK);
+        ref_out = malloc(PACKET_BYTES + 1);
+        assert_non_null(ref_out);
+    }
     for (uint32_t k = 0; k < npackets; k++) {
         uint32_t n = k % 4 == 0   ? 1
                      : k % 4 == 1 ? r.ppp
@@ -521,6 +533,20 @@ static void round_trip(const mfd_method_ops *ops, uint32_t ps, int level,
                            sizeof(err)))
             fail_msg("%s ps %u level %d packet %u (%u pages): %s", ops->name,
                      ps, level, k, n, err);
+        if (ref_zlib) {
+            ref.next_in = pl;
+            ref.avail_in = len;
+            ref.next_out = ref_out;
+            ref.avail_out = PACKET_BYTES + 1; /* room to show extra output */
+            int zr = inflate(&ref, Z_SYNC_FLUSH);
+            uint64_t got = (uint64_t)(ref.next_out - ref_out);
+            if (zr != Z_OK || ref.avail_in || got != (uint64_t)n * ps ||
+                memcmp(ref_out, want, got))
+                fail_msg("plain zlib: ps %u level %d packet %u (%u pages): "
+                         "inflate %d, %u bytes left, %llu bytes out",
+                         ps, level, k, n, zr, ref.avail_in,
+                         (unsigned long long)got);
+        }
         free(pl);
         /* The guest dirties pages between packets: new content. */
         for (int d = 0; d < 6; d++) {
@@ -542,6 +568,10 @@ static void round_trip(const mfd_method_ops *ops, uint32_t ps, int level,
                   ops->name, ps, level, npackets,
                   (unsigned long long)raw_total,
                   (unsigned long long)comp_total);
+    if (ref_zlib) {
+        inflateEnd(&ref);
+        free(ref_out);
+    }
     free(kind);
     free(perm);
     free(off);
