@@ -288,7 +288,8 @@ typedef enum {
     /*
      * "colo-staging": 1 = at a checkpoint, copy the dirty pages to a
      * staging copy and resume the writers before the transfer (the Remus
-     * way; costs up to the blocks' size in memory for the copy); 0 = the
+     * way; the copy costs the blocks' size in memory, populated before
+     * checkpoint 1 so that pauses never fault it in); 0 = the
      * writers stay paused through the transfer. Default 1 (shorter pauses:
      * docs/colo.md has the numbers).
      */

@@ -174,94 +174,111 @@ int mfd__colo_begin(mfd_session *s, const uint8_t *body, uint32_t len)
 }
 
 /*
- * Copies the recorded pages of bitmap words [from, to) - counted across the
- * blocks in order - from the cache to the replica, and clears their record.
+ * Copies the recorded pages of block b's bitmap words [from, to) from the
+ * cache to the replica, and clears their record.
  */
-static void commit_words(mfd_session *s, uint64_t from, uint64_t to)
+static void commit_words(mfd_session *s, mfd_block *b, uint64_t from,
+                         uint64_t to)
 {
     uint32_t ps = (uint32_t)s->page_size;
-    uint64_t base = 0;
-    for (int i = 0; i < s->nblocks && base < to; i++) {
-        mfd_block *b = &s->blocks[i];
-        uint64_t words = (b->pages + 63) / 64;
-        uint64_t w = from > base ? from - base : 0;
-        uint64_t end = MFD_MIN(words, to - base);
-        base += words;
-        for (; w < end; w++) {
-            uint64_t rec = __atomic_exchange_n(&b->ckpt_map[w], 0,
-                                               __ATOMIC_RELAXED);
-            if (!rec)
-                continue;
-            uint64_t zero = __atomic_exchange_n(&b->ckpt_zero[w], 0,
-                                                __ATOMIC_RELAXED) & rec;
-            uint64_t data = rec & ~zero;
-            while (data) {
-                uint64_t first, run = mfd__bits_take_run(&data, &first);
-                uint64_t off = (w * 64 + first) * ps;
-                memcpy(b->replica + off, b->host + off, run * ps);
-            }
-            /* A zero page needs work only where the replica held data. */
-            for (uint64_t z = zero & b->replica_map[w]; z; z &= z - 1)
-                memset(b->replica + (w * 64 + (uint64_t)__builtin_ctzll(z)) * ps,
-                       0, ps);
-            b->replica_map[w] = (b->replica_map[w] | rec) & ~zero;
+    for (uint64_t w = from; w < to; w++) {
+        uint64_t rec = __atomic_exchange_n(&b->ckpt_map[w], 0,
+                                           __ATOMIC_RELAXED);
+        if (!rec)
+            continue;
+        uint64_t zero = __atomic_exchange_n(&b->ckpt_zero[w], 0,
+                                            __ATOMIC_RELAXED) & rec;
+        uint64_t data = rec & ~zero;
+        while (data) {
+            uint64_t first, run = mfd__bits_take_run(&data, &first);
+            uint64_t off = (w * 64 + first) * ps;
+            memcpy(b->replica + off, b->host + off, run * ps);
         }
+        /* A zero page needs work only where the replica held data. */
+        for (uint64_t z = zero & b->replica_map[w]; z; z &= z - 1)
+            memset(b->replica + (w * 64 + (uint64_t)__builtin_ctzll(z)) * ps,
+                   0, ps);
+        b->replica_map[w] = (b->replica_map[w] | rec) & ~zero;
     }
 }
 
-/* The most threads a commit uses, and the least it gives each (bytes). */
-#define COMMIT_THREADS_MAX 8
-#define COMMIT_BYTES_PER_THREAD (8u << 20)
+/* The most threads a checkpoint copy uses, and the least it gives each. */
+#define COPY_THREADS_MAX 8
+#define COPY_BYTES_PER_THREAD (8u << 20)
 
 typedef struct {
     mfd_session *s;
-    uint64_t from, to;
+    mfd__colo_words_fn *fn;
+    uint64_t from, to; /* bitmap words, counted across the blocks in order */
     pthread_t thread;
-} commit_part;
+} copy_part;
 
-static void *commit_main(void *arg)
+static void copy_share(const copy_part *p)
 {
-    commit_part *p = arg;
-    commit_words(p->s, p->from, p->to);
+    uint64_t base = 0;
+    for (int i = 0; i < p->s->nblocks && base < p->to; i++) {
+        mfd_block *b = &p->s->blocks[i];
+        uint64_t words = (b->pages + 63) / 64;
+        uint64_t from = p->from > base ? p->from - base : 0;
+        uint64_t to = MFD_MIN(words, p->to - base);
+        base += words;
+        if (from < to)
+            p->fn(p->s, b, from, to);
+    }
+}
+
+static void *copy_main(void *arg)
+{
+    copy_share(arg);
     return NULL;
+}
+
+void mfd__colo_parallel(mfd_session *s, uint64_t bytes, mfd__colo_words_fn *fn)
+{
+    uint64_t words = 0;
+    for (int i = 0; i < s->nblocks; i++)
+        words += (s->blocks[i].pages + 63) / 64;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t nt = MFD_MIN((uint64_t)s->nchan, (uint64_t)COPY_THREADS_MAX);
+    nt = MFD_MIN(nt, cpus > 0 ? (uint64_t)cpus : 1);
+    nt = MFD_MIN(nt, bytes / COPY_BYTES_PER_THREAD + 1);
+    copy_part part[COPY_THREADS_MAX];
+    uint64_t started = 0;
+    for (uint64_t t = 0; t < nt; t++)
+        part[t] = (copy_part){.s = s, .fn = fn, .from = words * t / nt,
+                              .to = words * (t + 1) / nt};
+    for (uint64_t t = 1; t < nt; t++) {
+        if (pthread_create(&part[t].thread, NULL, copy_main, &part[t]))
+            break;
+        started = t;
+    }
+    /* This thread takes the first share, and those no thread took. */
+    copy_share(&part[0]);
+    if (started + 1 < nt) {
+        part[0].from = part[started + 1].from;
+        part[0].to = words;
+        copy_share(&part[0]);
+    }
+    for (uint64_t t = 1; t <= started; t++)
+        pthread_join(part[t].thread, NULL);
 }
 
 /*
  * Copies the recorded pages of the checkpoint from the cache to the
- * replica: on as many threads as the session has channels (the secondary's
- * share of cores it was given), no more than there are CPUs, and no more
- * than the checkpoint's size is worth. The channels are parked at their
- * SYNC meanwhile, so nothing else touches the cache or the record.
+ * replica, in parallel (mfd__colo_parallel: the secondary's share of cores
+ * is its channel count). The channels are parked at their SYNC meanwhile,
+ * so nothing else touches the cache or the record.
  */
 static void commit(mfd_session *s)
 {
-    uint64_t words = 0, pages = 0;
+    uint64_t pages = 0;
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
         uint64_t n = (b->pages + 63) / 64;
         for (uint64_t w = 0; w < n; w++)
             pages += (uint64_t)__builtin_popcountll(b->ckpt_map[w]);
-        words += n;
     }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    uint64_t nt = MFD_MIN((uint64_t)s->nchan, (uint64_t)COMMIT_THREADS_MAX);
-    nt = MFD_MIN(nt, cpus > 0 ? (uint64_t)cpus : 1);
-    nt = MFD_MIN(nt, pages * s->page_size / COMMIT_BYTES_PER_THREAD + 1);
-    commit_part part[COMMIT_THREADS_MAX];
-    uint64_t started = 0;
-    for (uint64_t t = 1; t < nt; t++) {
-        part[t] = (commit_part){.s = s, .from = words * t / nt,
-                                .to = words * (t + 1) / nt};
-        if (pthread_create(&part[t].thread, NULL, commit_main, &part[t]))
-            break;
-        started = t;
-    }
-    /* This thread takes the first share, and any a thread did not start. */
-    commit_words(s, 0, words / nt);
-    if (started + 1 < nt)
-        commit_words(s, words * (started + 1) / nt, words);
-    for (uint64_t t = 1; t <= started; t++)
-        pthread_join(part[t].thread, NULL);
+    mfd__colo_parallel(s, pages * s->page_size, commit_words);
 }
 
 int mfd__colo_end(mfd_session *s, const uint8_t *body, uint32_t len)

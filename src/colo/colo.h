@@ -33,6 +33,18 @@ static inline void mfd__colo_record(mfd_block *b, uint64_t page, bool zero)
 int mfd__colo_begin(mfd_session *s, const uint8_t *body, uint32_t len);
 int mfd__colo_end(mfd_session *s, const uint8_t *body, uint32_t len);
 
+/*
+ * Both sides, a checkpoint's copy (the primary's staging, the secondary's
+ * commit): calls fn(s, b, from, to) over every block's bitmap words
+ * [from, to), the words split in contiguous shares over up to as many
+ * threads as the session has channels (its share of the cores), no more
+ * than the CPUs or 8, and at least 8 MiB of `bytes` a thread; the caller's
+ * thread takes one share. Returns when every share is done.
+ */
+typedef void mfd__colo_words_fn(mfd_session *s, mfd_block *b, uint64_t from,
+                                uint64_t to);
+void mfd__colo_parallel(mfd_session *s, uint64_t bytes, mfd__colo_words_fn *fn);
+
 /* Secondary: a failure now promotes the replica instead of failing. */
 bool mfd__colo_can_promote(const mfd_session *s);
 /*

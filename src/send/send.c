@@ -1203,40 +1203,57 @@ static void resume_writers(mfd_session *s)
 }
 
 /*
- * Staging (the Remus way): copies the checkpoint's dirty pages to a copy of
- * each block at the same offsets, from which the channel threads send, so
- * the writers can run again before the transfer. The copy is mapped once,
- * lazily populated: it costs what the checkpoints dirtied, at most the
- * blocks' size.
+ * Staging (the Remus way): at every checkpoint the dirty pages are copied to
+ * a copy of each block at the same offsets, from which the channel threads
+ * send, so the writers can run again before the transfer. The copy is
+ * mapped and populated once, before the first checkpoint and while the
+ * writers run: a page touched for the first time inside a pause would cost
+ * a fault and its zeroing there (on this machine's lazily backed memory,
+ * more than the copy itself). It costs the blocks' size in memory.
  */
-static int stage_dirty(mfd_session *s)
+static int stage_map(mfd_session *s)
 {
-    uint32_t ps = (uint32_t)s->page_size;
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
-        if (!b->shadow) {
-            void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (p == MAP_FAILED)
-                return mfd__fail(s, MFD_ENOMEM,
-                                 "colo-staging: block '%s': mmap of %" PRIu64
-                                 " bytes: %s",
-                                 b->name, b->length, strerror(errno));
-            b->shadow = p;
-        }
-        uint64_t words = (b->pages + 63) / 64;
-        for (uint64_t w = 0; w < words; w++) {
-            uint64_t bits = b->dirty[w];
-            while (bits) {
-                /* A run of set bits: one copy. */
-                uint64_t first, run = mfd__bits_take_run(&bits, &first);
-                uint64_t off = (w * 64 + first) * ps;
-                memcpy(b->shadow + off, b->host + off, run * ps);
-            }
-        }
-        b->src = b->shadow;
+        if (b->shadow)
+            continue;
+        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (p == MAP_FAILED)
+            return mfd__fail(s, MFD_ENOMEM,
+                             "colo-staging: block '%s': mmap of %" PRIu64
+                             " bytes: %s",
+                             b->name, b->length, strerror(errno));
+        b->shadow = p;
     }
     return 0;
+}
+
+/* Copies the dirty pages of block b's bitmap words [from, to) to its copy. */
+static void stage_words(mfd_session *s, mfd_block *b, uint64_t from,
+                        uint64_t to)
+{
+    uint32_t ps = (uint32_t)s->page_size;
+    for (uint64_t w = from; w < to; w++) {
+        uint64_t bits = b->dirty[w];
+        while (bits) {
+            /* A run of set bits: one copy. */
+            uint64_t first, run = mfd__bits_take_run(&bits, &first);
+            uint64_t off = (w * 64 + first) * ps;
+            memcpy(b->shadow + off, b->host + off, run * ps);
+        }
+    }
+}
+
+/*
+ * In the pause: the checkpoint's `dirty` pages to the copy, on the cores
+ * the paused writers left (mfd__colo_parallel).
+ */
+static void stage_dirty(mfd_session *s, uint64_t dirty)
+{
+    mfd__colo_parallel(s, dirty * s->page_size, stage_words);
+    for (int i = 0; i < s->nblocks; i++)
+        s->blocks[i].src = s->blocks[i].shadow;
 }
 
 /*
@@ -1287,6 +1304,8 @@ static int colo_run(mfd_session *s)
     resume_writers(s);
     mfd__log(s, "COLO: checkpoint 0 committed on the secondary: protected");
 
+    if (s->colo_staging && stage_map(s))
+        return -1;
     uint64_t start = mfd__now_us();
     for (uint64_t id = 1;; id++) {
         if (!colo_wait(s, start + (uint64_t)s->ckpt_interval * 1000))
@@ -1300,8 +1319,7 @@ static int colo_run(mfd_session *s)
         MFD_STAT_SET(s->dirty_pages, dirty);
         uint64_t t_resume = 0;
         if (s->colo_staging) {
-            if (stage_dirty(s))
-                return -1;
+            stage_dirty(s, dirty);
             resume_writers(s);
             t_resume = mfd__now_us();
         }
