@@ -118,6 +118,18 @@ void mfd__colo_hb_stop(mfd_session *s)
 
 /* ---- secondary --------------------------------------------------------------- */
 
+void *mfd__colo_map(mfd_session *s, const mfd_block *b, int flags,
+                    const char *what)
+{
+    void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+    if (p != MAP_FAILED)
+        return p;
+    mfd__fail(s, MFD_ENOMEM, "%s of block '%s': mmap of %" PRIu64 " bytes: %s",
+              what, b->name, b->length, strerror(errno));
+    return NULL;
+}
+
 int mfd__colo_secondary_setup(mfd_session *s)
 {
     if (s->blocks_from_caller || s->incoming_dir || s->nfiles)
@@ -126,14 +138,9 @@ int mfd__colo_secondary_setup(mfd_session *s)
                          "replica (no caller blocks or incoming files)");
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
-        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED)
-            return mfd__fail(s, MFD_ENOMEM,
-                             "x-colo: block '%s': mmap of the replica (%" PRIu64
-                             " bytes): %s",
-                             b->name, b->length, strerror(errno));
-        b->replica = p;
+        if (!(b->replica = mfd__colo_map(s, b, MAP_NORESERVE,
+                                         "x-colo: the replica")))
+            return -1;
         if (!(b->ckpt_map = mfd__bitmap_new(b->pages)) ||
             !(b->ckpt_zero = mfd__bitmap_new(b->pages)) ||
             !(b->replica_map = mfd__bitmap_new(b->pages)))

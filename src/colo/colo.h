@@ -15,6 +15,13 @@
 int mfd__colo_hb_start(mfd_session *s);
 void mfd__colo_hb_stop(mfd_session *s);
 
+/*
+ * Both sides: a private anonymous copy of block b (mmap `flags` added), or
+ * NULL with the session failed, the error naming `what` and the block.
+ */
+void *mfd__colo_map(mfd_session *s, const mfd_block *b, int flags,
+                    const char *what);
+
 /* Secondary: maps the replicas and the checkpoint bitmaps. */
 int mfd__colo_secondary_setup(mfd_session *s);
 

@@ -1215,16 +1215,9 @@ static int stage_map(mfd_session *s)
 {
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
-        if (b->shadow)
-            continue;
-        void *p = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (p == MAP_FAILED)
-            return mfd__fail(s, MFD_ENOMEM,
-                             "colo-staging: block '%s': mmap of %" PRIu64
-                             " bytes: %s",
-                             b->name, b->length, strerror(errno));
-        b->shadow = p;
+        if (!b->shadow && !(b->shadow = mfd__colo_map(s, b, MAP_POPULATE,
+                                                      "colo-staging: the copy")))
+            return -1;
     }
     return 0;
 }
