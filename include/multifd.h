@@ -227,8 +227,13 @@ typedef enum {
     /*
      * "network-timeout": milliseconds after which a TCP peer that stopped
      * acknowledging data (TCP_USER_TIMEOUT) or answering keepalive probes
-     * fails the migration: a cut network is noticed in bounded time. 0
-     * leaves the kernel's defaults (many minutes). Default 10000.
+     * fails the migration: a cut network is noticed in bounded time. Also
+     * any peer (TCP or Unix) that took nothing written to it for that long:
+     * the main channel's records, and the data channels' packets on a Unix
+     * socket (SO_SNDTIMEO); and the bound on zero-copy completions. COLO:
+     * CHECKPOINT_ACK must come within it plus 1 s per 256 MiB of the
+     * checkpoint. 0 leaves the kernel's defaults (many minutes) and no
+     * bound of ours. Default 10000.
      */
     MFD_PARAM_NETWORK_TIMEOUT = 116,
     /*
@@ -440,7 +445,10 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
  * and verified). On failure returns a negative code, and mfd_last_error()
  * says what went wrong; the blocks are never modified. Blocks the caller.
  * With "file:PATH" it saves a snapshot instead and returns 0 once the file
- * is complete and durable.
+ * is complete and durable. After COMPLETE the wait for DONE has no time
+ * limit of its own (the destination may be verifying or flushing a large
+ * guest; a peer that vanishes fails it at once, a cut network within
+ * network-timeout): mfd_cancel() ends it.
  */
 MFD_API int mfd_migrate(mfd_session *s, const char *uri);
 

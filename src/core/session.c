@@ -201,6 +201,18 @@ MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque)
     s->log_opaque = fn ? opaque : NULL;
 }
 
+/*
+ * Messages may quote a peer's bytes (its ERROR text, a block name): control
+ * characters become '?', so a hostile peer can neither forge lines of our
+ * log nor drive the terminal it is printed on.
+ */
+static void sanitize(char *m)
+{
+    for (; *m; m++)
+        if ((unsigned char)*m < 0x20 || *m == 0x7f)
+            *m = '?';
+}
+
 void mfd__log(mfd_session *s, const char *fmt, ...)
 {
     char line[1200];
@@ -208,6 +220,7 @@ void mfd__log(mfd_session *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    sanitize(line);
     if (s->log_fn)
         s->log_fn(s->log_opaque, line);
     else if (s->log_opaque == s)
@@ -218,6 +231,7 @@ static void set_error_v(mfd_session *s, int code, const char *fmt, va_list ap)
 {
     s->err_code = code;
     vsnprintf(s->err_msg, sizeof(s->err_msg), fmt, ap);
+    sanitize(s->err_msg);
 }
 
 int mfd__set_error(mfd_session *s, int code, const char *fmt, ...)
@@ -736,8 +750,15 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
 
 /* ---- main channel records ---------------------------------------------- */
 
-int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
-                     uint32_t len)
+/*
+ * One record on the main channel. The write never blocks past a failure or
+ * a cancel (wake_fd), nor past timeout_ms without the peer taking a byte;
+ * one cut off part-way leaves the channel torn, and nothing more is
+ * written on it (the peer could not tell the next record's start).
+ * Non-OK results set errno: ETIMEDOUT, ECANCELED (woken), EPIPE (torn).
+ */
+static int send_record_ex(mfd_session *s, uint32_t type, const void *body,
+                          uint32_t len, int wake_fd, int timeout_ms)
 {
     static const uint8_t pad[8];
     uint8_t hdr[8];
@@ -747,14 +768,32 @@ int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
         {(void *)body, len},
         {(void *)pad, mfd__record_padded(len) - len},
     };
+    int rc = MFD_IO_ERROR, e = EPIPE;
     pthread_mutex_lock(&s->main_wlock);
-    int rc = mfd__writev_full(s->main_fd, iov, 3);
-    int e = errno;
+    if (!s->main_torn) {
+        bool torn;
+        rc = mfd__writev_full_wake(s->main_fd, wake_fd, iov, 3, timeout_ms,
+                                   &torn);
+        e = rc == MFD_IO_TIMEOUT ? ETIMEDOUT
+            : rc == MFD_IO_WOKEN ? ECANCELED
+                                 : errno;
+        if (rc != MFD_IO_OK && torn)
+            s->main_torn = true;
+    }
     pthread_mutex_unlock(&s->main_wlock);
     errno = e;
     if (rc == MFD_IO_OK)
         MFD_STAT_ADD(s->main_bytes, 8 + mfd__record_padded(len));
     return rc;
+}
+
+int mfd__send_record(mfd_session *s, uint32_t type, const void *body,
+                     uint32_t len)
+{
+    /* network-timeout: a peer that reads nothing for that long is gone. */
+    return send_record_ex(s, type, body, len, s->wake_fd,
+                          s->network_timeout > 0 ? (int)s->network_timeout
+                                                 : -1);
 }
 
 int mfd__recv_record(mfd_session *s, int timeout_ms, uint32_t *type,
@@ -836,6 +875,9 @@ int mfd__skip_optional(mfd_session *s, int skipped, const char *what)
                      MFD_SETUP_OPTIONAL_MAX, what);
 }
 
+/* How long the ERROR (or CANCEL) record may wait for the peer to read. */
+#define ERROR_SEND_MS 2000
+
 void mfd__send_error_record(mfd_session *s)
 {
     uint8_t body[4 + MFD_MSG_MAX];
@@ -847,15 +889,18 @@ void mfd__send_error_record(mfd_session *s)
     pthread_mutex_unlock(&s->err_lock);
     if (s->main_fd < 0 || from_peer)
         return;
-    /* Never let a stalled peer hold us here: a bounded send. */
-    struct timeval tv = {.tv_sec = 2};
-    setsockopt(s->main_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    /*
+     * The session has failed, so its wake-up has fired: a bounded send
+     * instead, never held by a stalled peer (nor sent after a torn record).
+     */
     if (s->role == 1 && code == MFD_ECANCELED) {
-        mfd__send_record(s, MFD_REC_CANCEL, body + 4, (uint32_t)n);
+        send_record_ex(s, MFD_REC_CANCEL, body + 4, (uint32_t)n, -1,
+                       ERROR_SEND_MS);
         return;
     }
     mfd__put_be32(body, (uint32_t)code);
-    mfd__send_record(s, MFD_REC_ERROR, body, (uint32_t)(4 + n));
+    send_record_ex(s, MFD_REC_ERROR, body, (uint32_t)(4 + n), -1,
+                   ERROR_SEND_MS);
 }
 
 /* ---- statistics -------------------------------------------------------- */

@@ -221,6 +221,7 @@ struct mfd_session {
 
     /* Serialises main-channel writers (COLO: heartbeats on their thread). */
     pthread_mutex_t main_wlock;
+    bool main_torn; /* under main_wlock: a record was cut off part-way */
 
     /* COLO (src/colo/): state, requests, acknowledgements, heartbeats. */
     int colo_state;           /* atomic: mfd_colo_state */

@@ -112,9 +112,23 @@ static int zc_reap(mfd_send_chan *ch, int timeout_ms)
  */
 static int zc_flush(mfd_send_chan *ch)
 {
-    while (ch->zc_done < ch->zc_sent)
-        if (mfd__failed(ch->s) || zc_reap(ch, 1000))
+    mfd_session *s = ch->s;
+    uint64_t last = mfd__now_us(), seen = ch->zc_done;
+    while (ch->zc_done < ch->zc_sent) {
+        if (mfd__failed(s) || zc_reap(ch, 1000))
             return -1;
+        if (ch->zc_done != seen) {
+            seen = ch->zc_done;
+            last = mfd__now_us();
+        } else if (s->network_timeout > 0 &&
+                   mfd__us_since(&last) / 1000 >= (uint64_t)s->network_timeout)
+            return mfd__fail(s, MFD_ETIMEDOUT,
+                             "channel %u: zero-copy: %" PRIu64 " sends not "
+                             "completed within network-timeout %" PRId64
+                             " ms",
+                             ch->id, ch->zc_sent - ch->zc_done,
+                             s->network_timeout);
+    }
     return 0;
 }
 
@@ -340,9 +354,12 @@ static int queue_batch(mfd_session *s)
 static int main_write_failed(mfd_session *s, const char *what)
 {
     int e = errno;
-    int code = e == EPIPE || e == ECONNRESET ? MFD_ECLOSED
-               : e == ETIMEDOUT              ? MFD_ETIMEDOUT
-                                             : MFD_ESYS;
+    if (e == ETIMEDOUT)
+        return mfd__fail(s, MFD_ETIMEDOUT,
+                         "main channel: %s: the destination took nothing "
+                         "for network-timeout %" PRId64 " ms",
+                         what, s->network_timeout);
+    int code = e == EPIPE || e == ECONNRESET ? MFD_ECLOSED : MFD_ESYS;
     return mfd__fail(s, code, "main channel: %s: %s", what, strerror(e));
 }
 
@@ -1184,14 +1201,34 @@ static int send_id_record(mfd_session *s, uint32_t type, uint64_t id,
     return 0;
 }
 
-/* Waits for the CHECKPOINT_ACK of checkpoint `id` (read by the return path). */
-static int wait_ack(mfd_session *s, uint64_t id)
+/*
+ * Waits for the CHECKPOINT_ACK of checkpoint `id` (read by the return
+ * path), which carried `bytes`. A secondary that keeps its heartbeat but
+ * never acknowledges is lost all the same: the ACK must come within
+ * network-timeout (or heartbeat-timeout when that is 0) plus a second per
+ * 256 MiB of the checkpoint, time for the secondary to commit it.
+ */
+static int wait_ack(mfd_session *s, uint64_t id, uint64_t bytes)
 {
+    uint64_t base = s->network_timeout > 0 ? (uint64_t)s->network_timeout
+                                           : (uint64_t)s->hb_timeout;
+    uint64_t limit_ms = base + bytes / (256u << 20) * 1000;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + limit_ms % 1000 * 1000000;
+    ts.tv_sec += (time_t)(limit_ms / 1000 + ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
+    bool late = false;
     pthread_mutex_lock(&s->lock);
-    while (s->colo_acked <= id && !mfd__failed(s))
-        pthread_cond_wait(&s->cond, &s->lock);
+    while (s->colo_acked <= id && !mfd__failed(s) && !late)
+        late = pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT;
     bool ok = s->colo_acked > id;
     pthread_mutex_unlock(&s->lock);
+    if (!ok && late)
+        return mfd__fail(s, MFD_ETIMEDOUT,
+                         "COLO: secondary lost: no CHECKPOINT_ACK %" PRIu64
+                         " within %" PRIu64 " ms of its END",
+                         id, limit_ms);
     return ok ? 0 : -1;
 }
 
@@ -1291,7 +1328,7 @@ static int colo_run(mfd_session *s)
     if (send_device_state(s) ||
         send_id_record(s, MFD_REC_CHECKPOINT_BEGIN, 0, "CHECKPOINT_BEGIN") ||
         send_id_record(s, MFD_REC_CHECKPOINT_END, 0, "CHECKPOINT_END") ||
-        wait_ack(s, 0))
+        wait_ack(s, 0, MFD_STAT_GET(s->ram_bytes)))
         return -1;
     MFD_STAT_SET(s->colo_state, MFD_COLO_PROTECTED);
     resume_writers(s);
@@ -1340,7 +1377,7 @@ static int colo_run(mfd_session *s)
         }
         if (send_device_state(s) ||
             send_id_record(s, MFD_REC_CHECKPOINT_END, id, "CHECKPOINT_END") ||
-            wait_ack(s, id))
+            wait_ack(s, id, channel_bytes(s, NULL) - b0))
             return -1;
         mfd_checkpoint_info c = {.id = id,
                                  .pause_us = t_resume - t0,

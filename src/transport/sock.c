@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,9 +111,18 @@ void mfd__sock_set_timeout(int fd, int timeout_ms)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
-    if (timeout_ms <= 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) ||
-        ss.ss_family == AF_UNIX)
+    if (timeout_ms <= 0 || getsockname(fd, (struct sockaddr *)&ss, &sl))
         return;
+    if (ss.ss_family == AF_UNIX) {
+        /*
+         * No acknowledgements to time: a send that makes no progress for
+         * the timeout (a peer that stopped reading) fails instead.
+         */
+        struct timeval tv = {.tv_sec = timeout_ms / 1000,
+                             .tv_usec = (timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        return;
+    }
     /*
      * Unacknowledged data older than the timeout ends the connection; an
      * idle one is probed from a third of it on, every third of it.
@@ -303,18 +313,25 @@ int mfd__poll_readable(struct pollfd *p, nfds_t n, int timeout_ms)
     return poll(p, n, timeout_ms);
 }
 
-/* Waits for fd (or wake_fd) until the absolute deadline (0: none). */
-static int wait_readable(int fd, int wake_fd, uint64_t deadline)
+/*
+ * Waits for fd to be readable (POLLIN: a TLS session's decrypted bytes
+ * count) or writable (POLLOUT), or for wake_fd, until the absolute
+ * deadline (0: none). 0 when fd is ready (or has an error the next call
+ * reports).
+ */
+static int wait_io(int fd, short events, int wake_fd, uint64_t deadline)
 {
-    struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+    struct pollfd p[2] = {{.fd = fd, .events = events},
                           {.fd = wake_fd, .events = POLLIN}};
+    nfds_t n = wake_fd >= 0 ? 2 : 1;
     for (;;) {
         int left = -1;
         if (deadline) {
             uint64_t now = now_ms();
             left = now >= deadline ? 0 : (int)(deadline - now);
         }
-        int rc = mfd__poll_readable(p, wake_fd >= 0 ? 2 : 1, left);
+        int rc = events == POLLIN ? mfd__poll_readable(p, n, left)
+                                  : poll(p, n, left);
         if (rc > 0 && wake_fd >= 0 && (p[1].revents & POLLIN))
             return MFD_IO_WOKEN;
         if (rc > 0)
@@ -349,7 +366,7 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
     void *tls = mfd__tls_of(fd);
     while (done < len) {
         if (deadline || wake_fd >= 0) {
-            int w = wait_readable(fd, wake_fd, deadline);
+            int w = wait_io(fd, POLLIN, wake_fd, deadline);
             if (w)
                 return w;
         }
@@ -453,8 +470,56 @@ int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
             while (i < iovcnt && iov[i].iov_len == 0)
                 i++;
         } else if (n < 0 && errno != EINTR) {
+            /* A blocking socket: its send timeout passed without progress. */
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                errno = ETIMEDOUT;
             return MFD_IO_ERROR;
         }
+    }
+    return MFD_IO_OK;
+}
+
+/* One non-blocking step of a wake-aware write: bytes taken, or -1. */
+static ssize_t write_step(int fd, void *tls, struct iovec *iov, int iovcnt)
+{
+    if (tls)
+        return mfd__tls_write_nb(tls, iov[0].iov_base, iov[0].iov_len);
+    struct msghdr msg = {.msg_iov = iov,
+                         .msg_iovlen = (size_t)MFD_IOV_BATCH(iovcnt)};
+    return sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+int mfd__writev_full_wake(int fd, int wake_fd, struct iovec *iov, int iovcnt,
+                          int timeout_ms, bool *torn)
+{
+    void *tls = mfd__tls_of(fd);
+    uint64_t deadline = 0;
+    int i = 0;
+    *torn = false;
+    while (i < iovcnt && iov[i].iov_len == 0)
+        i++;
+    while (i < iovcnt) {
+        ssize_t n = write_step(fd, tls, iov + i, iovcnt - i);
+        if (n > 0) {
+            *torn = true;
+            deadline = 0; /* the peer is reading: a new deadline */
+            i = iov_advance(iov, iovcnt, i, (size_t)n);
+            while (i < iovcnt && iov[i].iov_len == 0)
+                i++;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return MFD_IO_ERROR;
+        /* TLS: the record is half in GnuTLS's hands until it goes out. */
+        if (tls)
+            *torn = true;
+        if (!deadline && timeout_ms >= 0)
+            deadline = now_ms() + (uint64_t)timeout_ms + (timeout_ms == 0);
+        int w = wait_io(fd, POLLOUT, wake_fd, deadline);
+        if (w)
+            return w;
     }
     return MFD_IO_OK;
 }

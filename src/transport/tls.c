@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "core/session.h"
@@ -56,14 +57,34 @@ static int register_fd(int fd, gnutls_session_t sess)
     return 0;
 }
 
+/*
+ * The sessions' transport: sendmsg on the socket, with MSG_DONTWAIT added
+ * while the calling thread asks for it (mfd__tls_write_nb, the goodbye), so
+ * that a write to a peer that stopped reading can give way to a wake-up or
+ * a deadline instead of blocking.
+ */
+static __thread int push_flags;
+
+static ssize_t push_vec(gnutls_transport_ptr_t p, const giovec_t *iov,
+                        int iovcnt)
+{
+    struct msghdr m = {.msg_iov = (struct iovec *)iov,
+                       .msg_iovlen = (size_t)iovcnt};
+    return sendmsg((int)(intptr_t)p, &m, MSG_NOSIGNAL | push_flags);
+}
+
 void mfd__tls_forget(int fd, bool bye)
 {
     gnutls_session_t sess = mfd__tls_of(fd);
     if (!sess)
         return;
     __atomic_store_n(&by_fd[fd], NULL, __ATOMIC_RELEASE);
-    if (bye)
+    if (bye) {
+        /* close_notify if the socket takes it now: never wait for a peer. */
+        push_flags = MSG_DONTWAIT;
         gnutls_bye(sess, GNUTLS_SHUT_WR);
+        push_flags = 0;
+    }
     gnutls_deinit(sess);
 }
 
@@ -83,17 +104,37 @@ ssize_t mfd__tls_read(void *t, void *buf, size_t len)
     }
 }
 
-ssize_t mfd__tls_write(void *t, const void *buf, size_t len)
+/* gnutls_record_send; blocking, or (nb) -1 with errno EAGAIN when full. */
+static ssize_t tls_send(void *t, const void *buf, size_t len, bool nb)
 {
     for (;;) {
+        push_flags = nb ? MSG_DONTWAIT : 0;
         ssize_t n = gnutls_record_send(t, buf, len);
+        push_flags = 0;
         if (n >= 0)
             return n;
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+        if (n == GNUTLS_E_INTERRUPTED)
             continue;
-        errno = n == GNUTLS_E_PUSH_ERROR ? EPIPE : EPROTO;
+        /*
+         * A blocking socket only says EAGAIN when its send timeout
+         * (network-timeout on a Unix socket) passed without progress.
+         */
+        if (n == GNUTLS_E_AGAIN)
+            errno = nb ? EAGAIN : ETIMEDOUT;
+        else
+            errno = n == GNUTLS_E_PUSH_ERROR ? EPIPE : EPROTO;
         return -1;
     }
+}
+
+ssize_t mfd__tls_write(void *t, const void *buf, size_t len)
+{
+    return tls_send(t, buf, len, false);
+}
+
+ssize_t mfd__tls_write_nb(void *t, const void *buf, size_t len)
+{
+    return tls_send(t, buf, len, true);
 }
 
 bool mfd__tls_pending(void *t)
@@ -273,6 +314,7 @@ static gnutls_session_t new_session(mfd_session *s, int fd, bool server,
     }
     gnutls_session_set_ptr(sess, s);
     gnutls_transport_set_int(sess, fd);
+    gnutls_transport_set_vec_push_function(sess, push_vec);
     gnutls_handshake_set_timeout(sess, (unsigned)s->handshake_timeout);
     return sess;
 }

@@ -35,7 +35,11 @@ int mfd__tls_setup(struct mfd_session *s, bool server);
 int mfd__tls_client(struct mfd_session *s, int fd, const char *hostname,
                     char *err, size_t errlen);
 int mfd__tls_server(struct mfd_session *s, int fd, char *err, size_t errlen);
-/* Sends close_notify (if `bye`) and forgets the fd's session. */
+/*
+ * Sends close_notify (if `bye`, and only if the socket takes it at once: a
+ * peer that stopped reading never holds a close) and forgets the fd's
+ * session.
+ */
 void mfd__tls_forget(int fd, bool bye);
 /* Frees the session's credentials. */
 void mfd__tls_free(struct mfd_session *s);
@@ -44,6 +48,11 @@ void mfd__tls_free(struct mfd_session *s);
 void *mfd__tls_of(int fd);
 ssize_t mfd__tls_read(void *t, void *buf, size_t len);
 ssize_t mfd__tls_write(void *t, const void *buf, size_t len);
+/*
+ * The same without blocking: -1 with errno EAGAIN when the socket is full;
+ * call again with the same buffer and length once it is writable.
+ */
+ssize_t mfd__tls_write_nb(void *t, const void *buf, size_t len);
 bool mfd__tls_pending(void *t);
 
 #endif

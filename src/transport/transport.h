@@ -9,6 +9,7 @@
 #define MFD_TRANSPORT_H
 
 #include <poll.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
@@ -89,6 +90,17 @@ int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Same with extra sendmsg flags (MSG_MORE when another write follows). */
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags);
 int mfd__write_full(int fd, const void *buf, size_t len);
+/*
+ * Writes every iovec without ever blocking past a wake-up: gives up with
+ * MFD_IO_WOKEN as soon as wake_fd (-1: none) is readable while the socket
+ * is full, and with MFD_IO_TIMEOUT when the peer took nothing for
+ * timeout_ms (< 0: no limit). *torn is set when part of the array went
+ * out (or sits in the TLS session): the stream is then cut mid-record. For
+ * the main channel, which any thread may be writing when a failure or a
+ * cancel has to reach it.
+ */
+int mfd__writev_full_wake(int fd, int wake_fd, struct iovec *iov, int iovcnt,
+                          int timeout_ms, bool *torn);
 
 /* ---- zero-copy send (zerocopy.c) ---- */
 

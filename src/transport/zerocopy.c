@@ -74,7 +74,7 @@ int mfd__zc_writev(int fd, struct iovec *iov, int iovcnt, int *pos,
 int mfd__zc_reap(int fd, int wake_fd, int timeout_ms, uint64_t *done,
                  uint64_t *copied)
 {
-    bool waited = false;
+    bool waited = false, reaped = false;
     for (;;) {
         char control[128];
         struct msghdr msg = {.msg_control = control,
@@ -83,7 +83,8 @@ int mfd__zc_reap(int fd, int wake_fd, int timeout_ms, uint64_t *done,
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (timeout_ms == 0 || waited)
+            /* Waits only while nothing came: the caller counts again. */
+            if (timeout_ms == 0 || waited || reaped)
                 return 0;
             /* POLLERR is reported whatever the events asked for. */
             struct pollfd p[2] = {{.fd = fd, .events = 0},
@@ -93,6 +94,14 @@ int mfd__zc_reap(int fd, int wake_fd, int timeout_ms, uint64_t *done,
                 return -1;
             if (r > 0 && wake_fd >= 0 && (p[1].revents & POLLIN)) {
                 errno = ECANCELED;
+                return -1;
+            }
+            /* POLLERR with an empty queue: the socket's own error. */
+            int err = 0;
+            socklen_t el = sizeof(err);
+            if (r > 0 && (p[0].revents & (POLLERR | POLLHUP)) &&
+                !getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) && err) {
+                errno = err;
                 return -1;
             }
             waited = true;
@@ -114,6 +123,7 @@ int mfd__zc_reap(int fd, int wake_fd, int timeout_ms, uint64_t *done,
             }
             uint64_t count = (uint32_t)(e.ee_data - e.ee_info) + 1u;
             *done += count;
+            reaped = true;
             if (e.ee_code & SO_EE_CODE_ZEROCOPY_COPIED)
                 *copied += count;
         }
