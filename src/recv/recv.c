@@ -446,7 +446,10 @@ static int vetting_start(mfd_session *s, vetting *vt)
     return 0;
 }
 
-/* Stops the vetting: connections still in it are strays (`when` says why). */
+/*
+ * Stops the vetting: connections still in it are closed (`when` says why);
+ * one may be a data channel of the session whose preamble had not come.
+ */
 static void vetting_end(mfd_session *s, vetting *vt, const char *when)
 {
     for (int i = 0; i < vt->n; i++)
@@ -454,7 +457,8 @@ static void vetting_end(mfd_session *s, vetting *vt, const char *when)
     for (int i = 0; i < vt->n; i++) {
         pthread_join(vt->v[i]->thread, NULL);
         if (!vt->v[i]->evicted)
-            mfd__log(s, "closed stray connection: still being vetted when %s",
+            mfd__log(s, "closed a connection whose preamble had not come "
+                        "when %s",
                      when);
         mfd__sock_close(vt->v[i]->fd);
         free(vt->v[i]);
