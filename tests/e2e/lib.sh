@@ -271,6 +271,37 @@ check_stderr_clean() {
     return 0
 }
 
+# peer_case TAG SCRIPT ARGS...: one case of a Python peer (peerlib.py's
+# run_case: `python3 SCRIPT TAG ARGS... $E2E_TMP`, which starts the process
+# under test itself, its stderr in TAG.err, and prints "PASS TAG (note)" or
+# "FAIL TAG: why" last) as pass or fail; the stderr of every process it ran
+# (TAG.err, and TAG.ref.err for a reference run) checked for sanitizer
+# reports. The peer bounds itself well within 30 s; timeout is the
+# backstop. Files are shown with control characters made visible (a case's
+# stderr may hold the very escape sequences it is about).
+peer_case() {
+    local tag=$1 script=$2 line f
+    shift 2
+    run_fg "$tag.peer" 30 python3 "$script" "$tag" "$@" "$E2E_TMP"
+    line=$(tail -n 1 "$E2E_TMP/$tag.peer.out")
+    if [ "$FG_RC" = 0 ] && [ "${line%% *}" = PASS ]; then
+        pass "${line#PASS }"
+    else
+        if [ "$FG_RC" = 1 ] && [ "${line%% *}" = FAIL ]; then
+            fail "$tag" "${line#FAIL "$tag": }"
+        else
+            fail "$tag" "peer exit $FG_RC, no verdict"
+        fi
+        for f in "$E2E_TMP/$tag.peer.err" "$E2E_TMP/$tag.err"; do
+            [ -f "$f" ] && cat -v "$f" >"$f.vis" && show_file "$f.vis"
+        done
+    fi
+    for f in "$E2E_TMP/$tag.err" "$E2E_TMP/$tag.ref.err"; do
+        [ -f "$f" ] && check_stderr_clean "$tag/stderr" "$f"
+    done
+    return 0
+}
+
 # Allocated bytes of a file (0 if it does not exist).
 alloc_bytes() {
     local s b n

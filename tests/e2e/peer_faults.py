@@ -37,42 +37,22 @@ Cases:
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 import uuid as _uuid
 
-MAIN_MAGIC = 0x4D464443
-DATA_MAGIC = 0x11223344
-HELLO, BLOCK, SETUP_END = 0x1, 0x2, 0x3
-ITER_END, DEVICE_STATE, COMPLETE = 0x11, 0x20, 0x22
-CKPT_BEGIN, CKPT_END, HEARTBEAT = 0x30, 0x31, 0x80000050
-READY, DONE, CKPT_ACK, ERROR = 0x1001, 0x1002, 0x1003, 0x2000
+from peerlib import (BLOCK, CKPT_ACK, CKPT_BEGIN, CKPT_END, COMPLETE, DATA_MAGIC,
+                     DEVICE_STATE, DONE, ERROR, HEARTBEAT, HELLO, ITER_END,
+                     MAIN_MAGIC, READY, SETUP_END, Failed, Proc, exit_name,
+                     rec, run_case)
+
 FEAT_COLO = 4
 M_NONE, M_ZSTD = 0x00, 0x04
 ZPD_MULTIFD = 2
 
 # Upper bound for one case, everything included (the reference run too).
 CASE_SECS = 14.0
-
-
-class Failed(Exception):
-    """The case's verdict: FAIL with this message."""
-
-
-class Deadline:
-    """The case's one clock: every socket and process wait takes its
-    timeout from here, so no step can outlive the case."""
-
-    def __init__(self, secs):
-        self.end = time.monotonic() + secs
-
-    def left(self, cap=None):
-        t = self.end - time.monotonic()
-        if t <= 0:
-            raise Failed("case took longer than %.0f s" % CASE_SECS)
-        return t if cap is None else min(t, cap)
 
 
 def recvall(s, n, dl, cap=None):
@@ -90,21 +70,17 @@ def recvall(s, n, dl, cap=None):
     return b
 
 
-class Recv:
+class Recv(Proc):
     """One `multifd recv` on a unix socket in WORKDIR, output in files."""
 
     def __init__(self, mfd, work, tag, args, dl):
         self.path = os.path.join(work, tag + ".sock")
-        self.outf = os.path.join(work, tag + ".out")
-        self.errf = os.path.join(work, tag + ".err")
         uri = os.path.join(work, tag + ".uri")
         for f in (self.path, uri):
             if os.path.exists(f):
                 os.unlink(f)
-        with open(self.outf, "w") as out, open(self.errf, "w") as err:
-            self.p = subprocess.Popen(
-                [mfd, "recv", "--listen", "unix:" + self.path,
-                 "--uri-file", uri] + args, stdout=out, stderr=err)
+        Proc.__init__(self, [mfd, "recv", "--listen", "unix:" + self.path,
+                             "--uri-file", uri] + args, work, tag)
         # --uri-file is written once recv listens.
         t0 = time.monotonic()
         while not (os.path.exists(uri) and os.path.getsize(uri)):
@@ -115,25 +91,6 @@ class Recv:
                 self.kill()
                 raise Failed("%s: recv not listening after 5 s" % tag)
             time.sleep(0.01)
-
-    def wait(self, secs):
-        """The exit status, or None if recv is still running after secs."""
-        try:
-            return self.p.wait(max(secs, 0.01))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-
-    def stderr(self):
-        with open(self.errf) as f:
-            return f.read()
-
-    def errors(self):
-        return [ln for ln in self.stderr().splitlines() if "error:" in ln]
 
     def digest(self, block):
         """The XXH3-64 digest recv printed for block (--into anon:)."""
@@ -178,8 +135,7 @@ class Src:
         s.sendall(data)
 
     def rec(self, t, body=b""):
-        pad = (-len(body)) % 8
-        self.send(self.m, struct.pack(">II", t, len(body)) + body + b"\0" * pad)
+        self.send(self.m, rec(t, body))
 
     def read_rec(self, cap=None):
         """The next record from recv other than a HEARTBEAT (each read
@@ -272,12 +228,6 @@ class Src:
     def close(self):
         for s in self.d + ([self.m] if self.m else []):
             s.close()
-
-
-def exit_name(rc):
-    if rc is None:
-        return "still running"
-    return "killed by signal %d" % -rc if rc < 0 else "exit %d" % rc
 
 
 def expect_refused(recv, rc, answer, words, took=None):
@@ -539,19 +489,7 @@ CASES = {
 
 
 def main():
-    if len(sys.argv) != 4 or sys.argv[1] not in CASES:
-        sys.stderr.write("usage: peer_faults.py CASE MULTIFD WORKDIR\n"
-                         "cases: %s\n" % " ".join(CASES))
-        return 2
-    case, mfd, work = sys.argv[1:]
-    dl = Deadline(CASE_SECS)
-    try:
-        note = CASES[case](mfd, work, case, dl)
-    except (Failed, OSError, EOFError) as e:
-        print("FAIL %s: %s" % (case, e))
-        return 1
-    print("PASS %s (%s)" % (case, note))
-    return 0
+    return run_case(CASES, "CASE MULTIFD WORKDIR", CASE_SECS)
 
 
 if __name__ == "__main__":

@@ -26,31 +26,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 e2e_init peer_faults "${1:-}"
 
-# one CASE: the peer's verdict line as PASS/FAIL; the stderr of each recv
-# it ran (CASE.err, and CASE.ref.err for a reference run) checked for
-# sanitizer reports. The peer bounds itself at 14 s; timeout is the backstop.
-one() {
-    local tag=$1 line f
-    run_fg "$tag.peer" 30 python3 "$here/peer_faults.py" "$tag" "$MULTIFD" "$E2E_TMP"
-    line=$(tail -n 1 "$E2E_TMP/$tag.peer.out")
-    if [ "$FG_RC" = 0 ] && [ "${line%% *}" = PASS ]; then
-        pass "${line#PASS }"
-    elif [ "$FG_RC" = 1 ] && [ "${line%% *}" = FAIL ]; then
-        fail "$tag" "${line#FAIL "$tag": }"
-        show_file "$E2E_TMP/$tag.peer.err"
-    else
-        # No verdict: the peer broke or was killed; what recv said may tell.
-        fail "$tag" "peer exit $FG_RC, no verdict"
-        show_file "$E2E_TMP/$tag.peer.err"
-        show_file "$E2E_TMP/$tag.err"
-    fi
-    for f in "$E2E_TMP/$tag.err" "$E2E_TMP/$tag.ref.err"; do
-        [ -f "$f" ] && check_stderr_clean "$tag/stderr" "$f"
-    done
-}
-
 for c in uffd-race-4k uffd-race-8k uffd-race-64k zstd-window-27 zstd-window-25 \
     colo-complete-before-ckpt0 missing-channel colo-hb-strays colo-hb-iteration-end; do
-    one "$c"
+    peer_case "$c" "$here/peer_faults.py" "$MULTIFD"
 done
 e2e_finish
