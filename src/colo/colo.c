@@ -78,11 +78,7 @@ static void *heartbeat_main(void *arg)
     pthread_setname_np(pthread_self(), "mfd-heartbeat");
     pthread_mutex_lock(&s->lock);
     while (!s->hb_quit && !mfd__failed(s)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->hb_interval * 1000000;
-        ts.tv_sec += (time_t)(ns / 1000000000u);
-        ts.tv_nsec = (long)(ns % 1000000000u);
+        struct timespec ts = mfd__cond_deadline((uint64_t)s->hb_interval * 1000);
         pthread_cond_timedwait(&s->hb_cond, &s->lock, &ts);
         if (s->hb_quit || mfd__failed(s))
             break;

@@ -80,6 +80,17 @@ static inline uint64_t mfd__now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* The CLOCK_REALTIME instant `us` from now: pthread_cond_timedwait's form. */
+static inline struct timespec mfd__cond_deadline(uint64_t us)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + us % 1000000u * 1000u;
+    ts.tv_sec += (time_t)(us / 1000000u + ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
+    return ts;
+}
+
 #define MFD_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MFD_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define MFD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

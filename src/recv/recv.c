@@ -1155,11 +1155,7 @@ static int on_iteration_end(mfd_session *s, const uint8_t *body, uint32_t len)
                              " ms (idle-timeout)",
                              it, behind, s->idle_timeout);
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        struct timespec ts = mfd__cond_deadline(100000);
         pthread_cond_timedwait(&s->sync_cond, &s->sync_lock, &ts);
     }
     s->released_iter = it;

@@ -1213,11 +1213,7 @@ static int wait_ack(mfd_session *s, uint64_t id, uint64_t bytes)
     uint64_t base = s->network_timeout > 0 ? (uint64_t)s->network_timeout
                                            : (uint64_t)s->hb_timeout;
     uint64_t limit_ms = base + bytes / (256u << 20) * 1000;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + limit_ms % 1000 * 1000000;
-    ts.tv_sec += (time_t)(limit_ms / 1000 + ns / 1000000000u);
-    ts.tv_nsec = (long)(ns % 1000000000u);
+    struct timespec ts = mfd__cond_deadline(limit_ms * 1000);
     bool late = false;
     pthread_mutex_lock(&s->lock);
     while (s->colo_acked <= id && !mfd__failed(s) && !late)
@@ -1303,11 +1299,7 @@ static bool colo_wait(mfd_session *s, uint64_t due_us)
             take = true;
             break;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t ns = (uint64_t)ts.tv_nsec + (due_us - now) * 1000;
-        ts.tv_sec += (time_t)(ns / 1000000000u);
-        ts.tv_nsec = (long)(ns % 1000000000u);
+        struct timespec ts = mfd__cond_deadline(due_us - now);
         pthread_cond_timedwait(&s->cond, &s->lock, &ts);
     }
     pthread_mutex_unlock(&s->lock);
@@ -1406,11 +1398,7 @@ static void wait_for_reason(mfd_session *s)
 {
     if (!s->rp_started || mfd__error_code(s) != MFD_ECLOSED)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 500 * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = mfd__cond_deadline(500000);
     pthread_mutex_lock(&s->lock);
     while (!s->rp_done &&
            pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
