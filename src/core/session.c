@@ -213,6 +213,15 @@ static void sanitize(char *m)
             *m = '?';
 }
 
+const char *mfd__peer_text(char *buf, const uint8_t *p, uint32_t n)
+{
+    uint32_t k = MFD_MIN(n, MFD_MSG_MAX);
+    for (uint32_t i = 0; i < k; i++)
+        buf[i] = p[i] ? (char)p[i] : '?';
+    buf[k] = '\0';
+    return buf;
+}
+
 void mfd__log(mfd_session *s, const char *fmt, ...)
 {
     char line[1200];

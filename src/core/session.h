@@ -317,6 +317,13 @@ int mfd__fail(struct mfd_session *s, int code, const char *fmt, ...)
 /* Records an error that the peer reported (no ERROR is sent back). */
 int mfd__fail_peer(struct mfd_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/*
+ * A peer's ERROR or CANCEL text as a C string in buf (MFD_MSG_MAX + 1 bytes):
+ * at most MFD_MSG_MAX bytes of it, a NUL inside it shown as '?' so that
+ * nothing after it is hidden (control characters are replaced when the
+ * message is recorded).
+ */
+const char *mfd__peer_text(char *buf, const uint8_t *p, uint32_t n);
 static inline bool mfd__failed(const struct mfd_session *s)
 {
     return __atomic_load_n(&s->failed, __ATOMIC_ACQUIRE);

@@ -1319,16 +1319,18 @@ static int on_record(mfd_session *s, uint32_t type, const uint8_t *body,
         return mfd__colo_begin(s, body, len);
     case MFD_REC_CHECKPOINT_END:
         return mfd__colo_end(s, body, len);
-    case MFD_REC_CANCEL:
+    case MFD_REC_CANCEL: {
+        char text[MFD_MSG_MAX + 1];
         return mfd__fail_peer(s, MFD_ECANCELED,
-                              "source cancelled the migration: %.*s",
-                              (int)MFD_MIN(len, MFD_MSG_MAX),
-                              body ? (const char *)body : "");
-    case MFD_REC_ERROR:
-        return mfd__fail_peer(s, MFD_EPEER, "source reported: %.*s",
-                              len >= 4 ? (int)MFD_MIN(len - 4, MFD_MSG_MAX)
-                                       : 0,
-                              len >= 4 ? (const char *)body + 4 : "");
+                              "source cancelled the migration: %s",
+                              mfd__peer_text(text, body, len));
+    }
+    case MFD_REC_ERROR: {
+        char text[MFD_MSG_MAX + 1];
+        return mfd__fail_peer(s, MFD_EPEER, "source reported: %s",
+                              len >= 4 ? mfd__peer_text(text, body + 4, len - 4)
+                                       : "");
+    }
     default:
         if (type & MFD_REC_OPTIONAL)
             return 0;

@@ -777,11 +777,11 @@ static int expect_record(mfd_session *s, uint32_t want, const char *what,
                              "waiting for %s: %s", what, mfd__io_strerror(rc));
         if (type == MFD_REC_ERROR && *len >= 4) {
             uint32_t code = mfd__get_be32(*body);
-            int n = (int)MFD_MIN(*len - 4, MFD_MSG_MAX);
+            char text[MFD_MSG_MAX + 1];
             int r = mfd__fail_peer(s,
                                    code == MFD_EREFUSED ? MFD_EREFUSED : MFD_EPEER,
-                                   "destination refused: %.*s", n,
-                                   (const char *)*body + 4);
+                                   "destination refused: %s",
+                                   mfd__peer_text(text, *body + 4, *len - 4));
             free(*body);
             *body = NULL;
             return r;
@@ -1089,10 +1089,10 @@ static void *return_path(void *arg)
         }
         if (type == MFD_REC_ERROR && len >= 4) {
             uint32_t code = mfd__get_be32(body);
-            int n = (int)MFD_MIN(len - 4, MFD_MSG_MAX);
+            char text[MFD_MSG_MAX + 1];
             mfd__fail_peer(s, code == MFD_EVERIFY ? MFD_EVERIFY : MFD_EPEER,
-                           "destination reported: %.*s", n,
-                           (const char *)body + 4);
+                           "destination reported: %s",
+                           mfd__peer_text(text, body + 4, len - 4));
             free(body);
             break;
         }

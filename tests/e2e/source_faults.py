@@ -56,9 +56,10 @@ Cases:
       forever.
   error-text-escapes: the destination's ERROR text carries an escape
       sequence, a newline and a NUL: `multifd send` prints one error line
-      with each control character as '?', and no control byte reaches
-      its stderr (it used to print them raw: a
-      terminal escape and a forged second line).
+      with each control character (the NUL too, so the text after it is
+      shown) as '?', and no control byte reaches its stderr (it used to
+      print them raw: a terminal escape and a forged second line; and to
+      drop the text after the NUL).
   colo-error-text-escapes: the same text in the ERROR a COLO secondary
       sends after checkpoint 0: the primary's log line and its error (and
       the unprotected callback's reason) carry '?' instead.
@@ -90,9 +91,9 @@ ACK_BOUND = 5.5
 GRACE = 2.0
 
 # The ERROR text of the escape cases: an SGR escape, a newline that would
-# start a forged line, and a NUL hiding the rest from C strings.
+# start a forged line, and a NUL that would hide the rest from C strings.
 EVIL = b"evil\x1b[31mRED\x1b[0m\nfake line\0hidden"
-EVIL_SHOWN = "evil?[31mRED?[0m?fake line"
+EVIL_SHOWN = "evil?[31mRED?[0m?fake line?hidden"
 EVIL_CODE = 4  # MFD_EPROTO
 
 

@@ -1935,7 +1935,8 @@ static int run_record_case(const char *uri, const char *name)
         send_record(s.main_fd, REC_CANCEL, why, sizeof(why) - 1);
     } else if (!strcmp(name, "source-error")) {
         uint8_t b[64];
-        static const char why[] = "hostile-source-gives-up";
+        /* An escape and a NUL: shown as '?', nothing after the NUL lost. */
+        static const char why[] = "hostile-source\x1b[0m\0gives-up";
 
         put32(b, 5);
         memcpy(b + 4, why, sizeof(why) - 1);
