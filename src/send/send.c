@@ -204,8 +204,8 @@ static int write_packet(mfd_send_chan *ch, uint32_t flags, uint32_t normal,
     if (rc != MFD_IO_OK && rc == MFD_IO_ERROR && errno == ETIMEDOUT)
         return mfd__fail(s, MFD_ETIMEDOUT,
                          "channel %u: packet %" PRIu64 ": the destination "
-                         "stopped acknowledging (network-timeout %" PRId64
-                         " ms)",
+                         "stopped reading or acknowledging (network-timeout "
+                         "%" PRId64 " ms)",
                          ch->id, num, s->network_timeout);
     if (rc != MFD_IO_OK)
         return mfd__fail(s, errno == EPIPE || errno == ECONNRESET ? MFD_ECLOSED

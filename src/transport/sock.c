@@ -453,6 +453,25 @@ static int tls_writev(void *tls, struct iovec *iov, int iovcnt)
     return MFD_IO_OK;
 }
 
+/*
+ * A blocking send that returned having taken part of what it was given
+ * (started at t0_us): true if that was its send timeout (SO_SNDTIMEO,
+ * network-timeout on Unix sockets) running out rather than a signal. The
+ * kernel gives each wait for buffer space the whole timeout, so a send cut
+ * short by it has already waited that long without progress; counting the
+ * part as progress would let the next send wait the whole timeout again.
+ */
+static bool send_timed_out(int fd, uint64_t t0_us)
+{
+    struct timeval tv;
+    socklen_t l = sizeof(tv);
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &l) ||
+        (!tv.tv_sec && !tv.tv_usec))
+        return false;
+    uint64_t limit_us = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+    return mfd__now_us() - t0_us >= limit_us;
+}
+
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
 {
     void *tls = mfd__tls_of(fd);
@@ -462,13 +481,19 @@ int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
     while (i < iovcnt && iov[i].iov_len == 0)
         i++;
     while (i < iovcnt) {
-        struct msghdr msg = {.msg_iov = iov + i,
-                             .msg_iovlen = (size_t)MFD_IOV_BATCH(iovcnt - i)};
+        int cnt = MFD_IOV_BATCH(iovcnt - i);
+        struct msghdr msg = {.msg_iov = iov + i, .msg_iovlen = (size_t)cnt};
+        uint64_t t0 = mfd__now_us();
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
         if (n > 0) {
+            bool whole_batch = cnt == iovcnt - i;
             i = iov_advance(iov, iovcnt, i, (size_t)n);
             while (i < iovcnt && iov[i].iov_len == 0)
                 i++;
+            if (i < iovcnt && whole_batch && send_timed_out(fd, t0)) {
+                errno = ETIMEDOUT;
+                return MFD_IO_ERROR;
+            }
         } else if (n < 0 && errno != EINTR) {
             /* A blocking socket: its send timeout passed without progress. */
             if (errno == EAGAIN || errno == EWOULDBLOCK)
