@@ -454,14 +454,12 @@ static int tls_writev(void *tls, struct iovec *iov, int iovcnt)
 }
 
 /*
- * A blocking send that returned having taken part of what it was given
- * (started at t0_us): true if that was its send timeout (SO_SNDTIMEO,
- * network-timeout on Unix sockets) running out rather than a signal. The
- * kernel gives each wait for buffer space the whole timeout, so a send cut
- * short by it has already waited that long without progress; counting the
- * part as progress would let the next send wait the whole timeout again.
+ * The kernel gives each wait for buffer space the whole send timeout, so a
+ * send cut short by it has already waited that long without progress;
+ * counting the part as progress would let the next send wait the whole
+ * timeout again.
  */
-static bool send_timed_out(int fd, uint64_t t0_us)
+bool mfd__send_timed_out(int fd, uint64_t t0_us)
 {
     struct timeval tv;
     socklen_t l = sizeof(tv);
@@ -490,7 +488,7 @@ int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
             i = iov_advance(iov, iovcnt, i, (size_t)n);
             while (i < iovcnt && iov[i].iov_len == 0)
                 i++;
-            if (i < iovcnt && whole_batch && send_timed_out(fd, t0)) {
+            if (i < iovcnt && whole_batch && mfd__send_timed_out(fd, t0)) {
                 errno = ETIMEDOUT;
                 return MFD_IO_ERROR;
             }

@@ -22,7 +22,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "core/session.h"
+#include "transport/transport.h"
 
 #define MFD_TLS_PRIORITY                                                        \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:"       \
@@ -107,7 +109,9 @@ ssize_t mfd__tls_read(void *t, void *buf, size_t len)
 /* gnutls_record_send; blocking, or (nb) -1 with errno EAGAIN when full. */
 static ssize_t tls_send(void *t, const void *buf, size_t len, bool nb)
 {
+    int fd = (int)(intptr_t)gnutls_transport_get_ptr(t);
     for (;;) {
+        uint64_t t0 = mfd__now_us();
         push_flags = nb ? MSG_DONTWAIT : 0;
         ssize_t n = gnutls_record_send(t, buf, len);
         push_flags = 0;
@@ -116,9 +120,13 @@ static ssize_t tls_send(void *t, const void *buf, size_t len, bool nb)
         if (n == GNUTLS_E_INTERRUPTED)
             continue;
         /*
-         * A blocking socket only says EAGAIN when its send timeout
-         * (network-timeout on a Unix socket) passed without progress.
+         * Blocking: GnuTLS says AGAIN when a send came back short, which a
+         * signal does too (a stop and continue of the process); only the
+         * send timeout running out (network-timeout on a Unix socket) is a
+         * timeout. Otherwise retry with the same data, as GnuTLS requires.
          */
+        if (n == GNUTLS_E_AGAIN && !nb && !mfd__send_timed_out(fd, t0))
+            continue;
         if (n == GNUTLS_E_AGAIN)
             errno = nb ? EAGAIN : ETIMEDOUT;
         else

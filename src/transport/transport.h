@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/uio.h>
 
 typedef enum { MFD_URI_TCP = 1, MFD_URI_UNIX = 2, MFD_URI_FILE = 3 } mfd_uri_kind;
@@ -89,6 +90,13 @@ int mfd__readv_full(int fd, struct iovec *iov, int iovcnt);
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Same with extra sendmsg flags (MSG_MORE when another write follows). */
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags);
+/*
+ * A blocking send on fd, started at t0_us (mfd__now_us), came back short or
+ * with EAGAIN: true if that was its send timeout (SO_SNDTIMEO, set by
+ * mfd__sock_set_timeout on Unix sockets) running out, false if a signal cut
+ * it short (retry it) or fd has no send timeout.
+ */
+bool mfd__send_timed_out(int fd, uint64_t t0_us);
 int mfd__write_full(int fd, const void *buf, size_t len);
 /*
  * Writes every iovec without ever blocking past a wake-up: gives up with

@@ -211,6 +211,37 @@ else
     show_file "$E2E_TMP/bench-tls.err"
 fi
 
+# A source stopped and continued while its channels block in send (Ctrl-Z,
+# a debugger, the cgroup freezer): the signal cuts a send short, which
+# GnuTLS reports as AGAIN; that is not a timeout (it used to fail the
+# migration with "stopped reading or acknowledging").
+BIG=$E2E_TMP/big.ram
+yes 0123456789abcdef | head -c 512M >"$BIG"
+BIG_WANT=$(xxh3 "$BIG")
+if start_recv stop-cont.recv --listen tcp:127.0.0.1:0 --into anon: --tls-psk "$P/keys.psk"; then
+    "$MULTIFD" send --to "$RECV_URI" --channels 1 --tls-psk "$P/keys.psk" "$BIG" \
+        >"$E2E_TMP/stop-cont.send.out" 2>"$E2E_TMP/stop-cont.send.err" &
+    spid=$!
+    sleep 0.3
+    for _ in $(seq 1 10); do
+        kill -STOP "$spid" 2>/dev/null; sleep 0.05
+        kill -CONT "$spid" 2>/dev/null; sleep 0.05
+    done
+    bg_wait "$spid" 60
+    src=$BG_RC
+    bg_wait "$RECV_PID" 20
+    got=$(sed -n 's/^digest big.ram //p' "$E2E_TMP/stop-cont.recv.out")
+    if [ "$src" = 0 ] && [ "$BG_RC" = 0 ] && [ "$got" = "$BIG_WANT" ]; then
+        pass tls-source-stopped-and-continued
+    else
+        fail tls-source-stopped-and-continued "send $src, recv $BG_RC, digest '$got' (want $BIG_WANT)"
+        show_file "$E2E_TMP/stop-cont.send.err"
+    fi
+else
+    fail tls-source-stopped-and-continued/start "$RECV_WHY"
+fi
+rm -f "$BIG"
+
 # COLO over TLS: one directory with both roles' certificates, as a host
 # that is primary and secondary in turn would have.
 mkdir -p "$P/both"
