@@ -6,6 +6,7 @@
 #ifndef MFD_COMMON_UTIL_H
 #define MFD_COMMON_UTIL_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -80,11 +81,24 @@ static inline uint64_t mfd__now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* The CLOCK_REALTIME instant `us` from now: pthread_cond_timedwait's form. */
+/*
+ * A condition variable whose timed waits run on CLOCK_MONOTONIC, so that a
+ * step of the wall clock neither fires nor stretches a timeout.
+ */
+static inline void mfd__cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/* The instant `us` from now, for pthread_cond_timedwait on mfd__cond_init's. */
 static inline struct timespec mfd__cond_deadline(uint64_t us)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t ns = (uint64_t)ts.tv_nsec + us % 1000000u * 1000u;
     ts.tv_sec += (time_t)(us / 1000000u + ns / 1000000000u);
     ts.tv_nsec = (long)(ns % 1000000000u);

@@ -100,16 +100,16 @@ MFD_API mfd_session *mfd_session_new(void)
     s->idle_timeout = 60000;
     s->tls_verify_peer = 1;
     pthread_mutex_init(&s->main_wlock, NULL);
-    pthread_cond_init(&s->hb_cond, NULL);
+    mfd__cond_init(&s->hb_cond);
     pthread_mutex_init(&s->rl_lock, NULL);
     s->main_fd = s->listen_fd = s->wake_fd = s->uffd = -1;
     s->log_fn = NULL;
     s->log_opaque = s; /* marks "default logger": see mfd__log */
     pthread_mutex_init(&s->err_lock, NULL);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
+    mfd__cond_init(&s->cond);
     pthread_mutex_init(&s->sync_lock, NULL);
-    pthread_cond_init(&s->sync_cond, NULL);
+    mfd__cond_init(&s->sync_cond);
     /* Lets mfd_cancel() and failures interrupt waits on the main channel. */
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return s;

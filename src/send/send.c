@@ -940,7 +940,7 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
         ch->id = i;
         ch->fd = -1;
         pthread_mutex_init(&ch->lock, NULL);
-        pthread_cond_init(&ch->cond, NULL);
+        mfd__cond_init(&ch->cond);
         sem_init(&ch->sem_sync, 0, 0);
     }
     sem_init(&s->channels_ready, 0, n * MFD_CHAN_DEPTH);
