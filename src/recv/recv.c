@@ -1007,6 +1007,7 @@ static int accept_data(mfd_session *s, vetting *vt, uint32_t n, size_t plen)
         ch->packet = malloc(plen);
         /* Entries [0, ppp) build the iovecs, [ppp, 2 ppp) are consumed. */
         ch->iov = calloc(2 * (size_t)s->ppp, sizeof(struct iovec));
+        mfd__sock_mark_reads(fd);
         mfd__set_chan_fd(s, &ch->fd, fd);
         ch->bounce = malloc(MFD_PACKET_BYTES);
         if (!ch->packet || !ch->iov || !ch->bounce)

@@ -59,6 +59,13 @@ void mfd__sock_close(int fd);
 /* Accepts one connection (TCP_NODELAY, close-on-exec); -1 on error. */
 int mfd__sock_accept(int lfd);
 
+/*
+ * The reads below wait for all they need with one wake-up (SO_RCVLOWAT) on
+ * this socket from now on: for a plaintext TCP socket that nothing else
+ * waits on (a destination's data channel); any other fd is left alone.
+ */
+void mfd__sock_mark_reads(int fd);
+
 /* Results of the *_full calls. */
 enum {
     MFD_IO_OK = 0,
