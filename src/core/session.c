@@ -202,15 +202,51 @@ MFD_API void mfd_set_log(mfd_session *s, mfd_log_fn fn, void *opaque)
 }
 
 /*
+ * The UTF-8 sequence at m: its length, its code point in *cp; 0 if the
+ * bytes are not a valid, shortest-form sequence (a stray continuation
+ * byte, a truncated sequence, a surrogate, beyond U+10FFFF).
+ */
+static size_t utf8_seq(const unsigned char *m, uint32_t *cp)
+{
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t n = m[0] >= 0xf0 ? 4 : m[0] >= 0xe0 ? 3 : m[0] >= 0xc0 ? 2 : 0;
+    if (!n || m[0] > 0xf4)
+        return 0;
+    uint32_t c = m[0] & (0x7f >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((m[i] & 0xc0) != 0x80) /* the terminating NUL stops here too */
+            return 0;
+        c = c << 6 | (m[i] & 0x3f);
+    }
+    if (c < min[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return n;
+}
+
+/*
  * Messages may quote a peer's bytes (its ERROR text, a block name): control
  * characters become '?', so a hostile peer can neither forge lines of our
- * log nor drive the terminal it is printed on.
+ * log nor drive the terminal it is printed on. That takes the C0 controls
+ * and DEL, the C1 controls (U+0080..U+009F: a terminal may take U+009B as
+ * CSI, whether it comes UTF-8 encoded or as the raw byte 0x9b), and any
+ * byte that is not part of valid UTF-8; other UTF-8 text is kept.
  */
-static void sanitize(char *m)
+void mfd__sanitize(char *msg)
 {
-    for (; *m; m++)
-        if ((unsigned char)*m < 0x20 || *m == 0x7f)
-            *m = '?';
+    unsigned char *r = (unsigned char *)msg, *w = r;
+    while (*r) {
+        uint32_t cp = 0;
+        size_t n = *r < 0x80 ? 1 : utf8_seq(r, &cp);
+        bool ok = n == 1 ? *r >= 0x20 && *r != 0x7f : n && cp > 0x9f;
+        if (ok)
+            memmove(w, r, n); /* w <= r: never ahead of what it reads */
+        else
+            *w = '?';
+        w += ok ? n : 1;
+        r += n ? n : 1;
+    }
+    *w = '\0';
 }
 
 const char *mfd__peer_text(char *buf, const uint8_t *p, uint32_t n)
@@ -229,7 +265,7 @@ void mfd__log(mfd_session *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    sanitize(line);
+    mfd__sanitize(line);
     if (s->log_fn)
         s->log_fn(s->log_opaque, line);
     else if (s->log_opaque == s)
@@ -240,7 +276,7 @@ static void set_error_v(mfd_session *s, int code, const char *fmt, va_list ap)
 {
     s->err_code = code;
     vsnprintf(s->err_msg, sizeof(s->err_msg), fmt, ap);
-    sanitize(s->err_msg);
+    mfd__sanitize(s->err_msg);
 }
 
 int mfd__set_error(mfd_session *s, int code, const char *fmt, ...)

@@ -318,6 +318,12 @@ int mfd__fail(struct mfd_session *s, int code, const char *fmt, ...)
 int mfd__fail_peer(struct mfd_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /*
+ * Replaces in place, by '?', what must not reach a log or a terminal from
+ * a peer: control characters (C0, DEL, C1) and bytes that are not valid
+ * UTF-8. Every recorded error and log line goes through it.
+ */
+void mfd__sanitize(char *msg);
+/*
  * A peer's ERROR or CANCEL text as a C string in buf (MFD_MSG_MAX + 1 bytes):
  * at most MFD_MSG_MAX bytes of it, a NUL inside it shown as '?' so that
  * nothing after it is hidden (control characters are replaced when the

@@ -1935,8 +1935,11 @@ static int run_record_case(const char *uri, const char *name)
         send_record(s.main_fd, REC_CANCEL, why, sizeof(why) - 1);
     } else if (!strcmp(name, "source-error")) {
         uint8_t b[64];
-        /* An escape and a NUL: shown as '?', nothing after the NUL lost. */
-        static const char why[] = "hostile-source\x1b[0m\0gives-up";
+        /* An escape and a NUL: shown as '?', nothing after the NUL lost;
+         * CSI as a C1 control, UTF-8 encoded and as the raw byte. */
+        static const char why[] = "hostile-source\x1b[0m\0gives-up\xc2\x9b"
+                                  "1m\x9b"
+                                  "end";
 
         put32(b, 5);
         memcpy(b + 4, why, sizeof(why) - 1);

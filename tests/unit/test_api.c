@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "core/session.h"
 #include "multifd.h"
 #include "support.h"
 
@@ -364,6 +365,40 @@ static void test_snapshot(void **state)
     munmap(d1, len1);
 }
 
+/* What a peer's text becomes in our messages (mfd__sanitize). */
+static void sanitized_is(const char *in, const char *want)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", in);
+    mfd__sanitize(buf);
+    assert_string_equal(buf, want);
+}
+
+static void test_sanitize(void **state)
+{
+    (void)state;
+    sanitized_is("plain text, kept", "plain text, kept");
+    /* C0 controls and DEL: a forged line, an SGR escape, a backspace. */
+    sanitized_is("a\nb\rc\x1b[31md\x7f\be\t", "a?b?c?[31md??e?");
+    /* C1: CSI as UTF-8 (U+009B) and as the raw byte; U+0080 and U+009F. */
+    sanitized_is("x\xc2\x9b" "31my", "x?31my");
+    sanitized_is("x\x9b" "31my", "x?31my");
+    sanitized_is("\xc2\x80\xc2\x9f", "??");
+    /* Valid UTF-8 above the C1 range is kept: U+00A0, U+00E9, U+20AC,
+     * U+1F600. */
+    sanitized_is("\xc2\xa0" "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+                 "\xc2\xa0" "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    /* Malformed: overlong forms (of '/' and of CSI), a surrogate, beyond
+     * U+10FFFF, stray continuation bytes, 0xff, and sequences cut short
+     * by the next character or by the end of the string. */
+    sanitized_is("\xc0\xaf|\xe0\x82\x9b|\xed\xa0\x80|\xf4\x90\x80\x80",
+                 "??|???|???|????");
+    sanitized_is("\x80\xbf\xff", "???");
+    sanitized_is("\xe2\x82x", "??x");
+    sanitized_is("end\xe2\x82", "end??");
+    sanitized_is("", "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_cancel_destination),
         cmocka_unit_test(test_argument_checks),
         cmocka_unit_test(test_snapshot),
+        cmocka_unit_test(test_sanitize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
