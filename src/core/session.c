@@ -800,7 +800,9 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
  * a cancel (wake_fd), nor past timeout_ms without the peer taking a byte;
  * one cut off part-way leaves the channel torn, and nothing more is
  * written on it (the peer could not tell the next record's start).
- * Non-OK results set errno: ETIMEDOUT, ECANCELED (woken), EPIPE (torn).
+ * Non-OK results set errno: ETIMEDOUT, ECANCELED (woken), or the errno of
+ * the write that tore the channel (so a record after a heartbeat that
+ * timed out part-way fails as a timeout too, not as a broken pipe).
  */
 static int send_record_ex(mfd_session *s, uint32_t type, const void *body,
                           uint32_t len, int wake_fd, int timeout_ms)
@@ -813,9 +815,10 @@ static int send_record_ex(mfd_session *s, uint32_t type, const void *body,
         {(void *)body, len},
         {(void *)pad, mfd__record_padded(len) - len},
     };
-    int rc = MFD_IO_ERROR, e = EPIPE;
+    int rc = MFD_IO_ERROR, e;
     pthread_mutex_lock(&s->main_wlock);
-    if (!s->main_torn) {
+    e = s->main_torn;
+    if (!e) {
         bool torn;
         rc = mfd__writev_full_wake(s->main_fd, wake_fd, iov, 3, timeout_ms,
                                    &torn);
@@ -823,7 +826,7 @@ static int send_record_ex(mfd_session *s, uint32_t type, const void *body,
             : rc == MFD_IO_WOKEN ? ECANCELED
                                  : errno;
         if (rc != MFD_IO_OK && torn)
-            s->main_torn = true;
+            s->main_torn = e ? e : EPIPE;
     }
     pthread_mutex_unlock(&s->main_wlock);
     errno = e;

@@ -221,7 +221,10 @@ struct mfd_session {
 
     /* Serialises main-channel writers (COLO: heartbeats on their thread). */
     pthread_mutex_t main_wlock;
-    bool main_torn; /* under main_wlock: a record was cut off part-way */
+    /* Under main_wlock: 0, or the errno of the write that cut a record off
+     * part-way (ETIMEDOUT, ECANCELED, EPIPE...), which every later record
+     * on the torn channel fails with. */
+    int main_torn;
 
     /* COLO (src/colo/): state, requests, acknowledgements, heartbeats. */
     int colo_state;           /* atomic: mfd_colo_state */
