@@ -224,13 +224,24 @@ static size_t utf8_seq(const unsigned char *m, uint32_t *cp)
     return n;
 }
 
+/* A code point above ASCII that may be shown as it is (mfd__sanitize). */
+static bool shown_safely(uint32_t cp)
+{
+    return cp > 0x9f && cp != 0x61c && !(cp >= 0x200b && cp <= 0x200f) &&
+           !(cp >= 0x2028 && cp <= 0x202e) &&
+           !(cp >= 0x2060 && cp <= 0x2069) && cp != 0xfeff;
+}
+
 /*
  * Messages may quote a peer's bytes (its ERROR text, a block name): control
  * characters become '?', so a hostile peer can neither forge lines of our
  * log nor drive the terminal it is printed on. That takes the C0 controls
  * and DEL, the C1 controls (U+0080..U+009F: a terminal may take U+009B as
- * CSI, whether it comes UTF-8 encoded or as the raw byte 0x9b), and any
- * byte that is not part of valid UTF-8; other UTF-8 text is kept.
+ * CSI, whether it comes UTF-8 encoded or as the raw byte 0x9b), the
+ * invisible characters that reorder or break a line as it is shown (the
+ * bidirectional marks, embeddings, overrides and isolates, the line and
+ * paragraph separators, zero-width spaces and the BOM), and any byte
+ * that is not part of valid UTF-8; other UTF-8 text is kept.
  */
 void mfd__sanitize(char *msg)
 {
@@ -238,7 +249,7 @@ void mfd__sanitize(char *msg)
     while (*r) {
         uint32_t cp = 0;
         size_t n = *r < 0x80 ? 1 : utf8_seq(r, &cp);
-        bool ok = n == 1 ? *r >= 0x20 && *r != 0x7f : n && cp > 0x9f;
+        bool ok = n == 1 ? *r >= 0x20 && *r != 0x7f : n && shown_safely(cp);
         if (ok)
             memmove(w, r, n); /* w <= r: never ahead of what it reads */
         else

@@ -133,6 +133,7 @@ typedef struct mfd_recv_chan {
     struct mfd_session *s;
     uint32_t id;
     int fd;
+    int lowat; /* fd's receive mark (mfd__sock_lowat_init); reader's own */
     pthread_t thread;
     bool started;
     uint64_t synced; /* SYNC packets seen; under s->sync_lock */

@@ -125,7 +125,8 @@ static int none_recv(mfd_recv_chan *ch, mfd_block *b, const mfd_packet_hdr *h,
     int rc, n = 0;
     *buffered = b->place != MFD_PLACE_READV;
     if (*buffered) {
-        rc = mfd__read_full(ch->fd, ch->bounce, h->next_size);
+        rc = mfd__read_full_lowat(ch->fd, &ch->lowat, ch->bounce,
+                                  h->next_size);
         ch->iov[0] = (struct iovec){ch->bounce, h->next_size};
         n = 1;
     } else {
@@ -141,7 +142,7 @@ static int none_recv(mfd_recv_chan *ch, mfd_block *b, const mfd_packet_hdr *h,
         /* readv consumes the array; keep the bases for the CRC. */
         struct iovec *work = ch->iov + s->ppp;
         memcpy(work, ch->iov, sizeof(*work) * (size_t)n);
-        rc = mfd__readv_full(ch->fd, work, n);
+        rc = mfd__readv_full_lowat(ch->fd, &ch->lowat, work, n);
     }
     *nsent = n;
     return rc == MFD_IO_OK ? 0 : read_failed(ch, num, rc);
@@ -207,7 +208,8 @@ int mfd__method_recv_buf(mfd_recv_chan *ch, mfd_block *b,
                          bool *buffered)
 {
     (void)b;
-    int rc = mfd__read_full(ch->fd, ch->m.buf, h->next_size);
+    int rc = mfd__read_full_lowat(ch->fd, &ch->lowat, ch->m.buf,
+                                  h->next_size);
     if (rc != MFD_IO_OK)
         return read_failed(ch, num, rc);
     ch->iov[0] = (struct iovec){ch->m.buf, h->next_size};

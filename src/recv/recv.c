@@ -187,7 +187,7 @@ static int recv_one(mfd_recv_chan *ch)
     char msgbuf[400], err[300];
     mfd_packet_hdr h;
 
-    int rc = mfd__read_full(ch->fd, ch->packet, plen);
+    int rc = mfd__read_full_lowat(ch->fd, &ch->lowat, ch->packet, plen);
     if (rc != MFD_IO_EOF)
         __atomic_fetch_add(&ch->since_sync, 1, __ATOMIC_RELAXED);
     if (rc != MFD_IO_OK) {
@@ -1007,7 +1007,7 @@ static int accept_data(mfd_session *s, vetting *vt, uint32_t n, size_t plen)
         ch->packet = malloc(plen);
         /* Entries [0, ppp) build the iovecs, [ppp, 2 ppp) are consumed. */
         ch->iov = calloc(2 * (size_t)s->ppp, sizeof(struct iovec));
-        mfd__sock_mark_reads(fd);
+        ch->lowat = mfd__sock_lowat_init(fd);
         mfd__set_chan_fd(s, &ch->fd, fd);
         ch->bounce = malloc(MFD_PACKET_BYTES);
         if (!ch->packet || !ch->iov || !ch->bounce)

@@ -118,32 +118,39 @@ int mfd__uri_parse(const char *text, mfd_uri *u, char *err, size_t errlen)
  * way, and a preallocated destination takes random pages 20% faster.
  *
  * The mark outlives the read and would hold back any other wait on the
- * socket (a poll for the next record), so only sockets read by nothing
- * but these loops take part: the destination's plaintext TCP data
- * channels (mfd__sock_mark_reads). By fd, the mark each was last given; 0
- * for any other fd, which is read plainly. Only the thread reading an fd
- * touches its entry. An entry outliving its socket (closed without
- * mfd__sock_close) is harmless: a Unix socket ignores the mark's wake-up,
- * and any other fd refuses setsockopt and is dropped from the table.
+ * socket (a poll for the next record, a read with a deadline), so only a
+ * socket read by nothing but the *_lowat calls takes part, and its reader
+ * keeps the mark it last gave (*lowat) beside the fd: a destination's
+ * plaintext TCP data channel.
  */
-#define LOWAT_FDS 65536
 #define LOWAT_MAX (2 << 20)
-static int lowat_by_fd[LOWAT_FDS];
 
-/* Gives fd the mark want; false if fd is not a marked socket. */
-static bool lowat_set(int fd, size_t want)
+int mfd__sock_lowat_init(int fd)
 {
-    if (fd < 0 || fd >= LOWAT_FDS)
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int one = 1;
+    if (fd < 0 || mfd__tls_of(fd) ||
+        getsockname(fd, (struct sockaddr *)&ss, &sl) ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)))
+        return 0;
+    return 1;
+}
+
+/* Gives fd the mark want (> 0); false if fd is read plainly (*lowat 0). */
+static bool lowat_set(int fd, int *lowat, size_t want)
+{
+    if (!lowat || !*lowat)
         return false;
-    int cur = __atomic_load_n(&lowat_by_fd[fd], __ATOMIC_RELAXED);
-    int v = want > LOWAT_MAX ? LOWAT_MAX : (int)want;
-    if (!cur || v == cur)
-        return cur != 0;
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v))) {
-        __atomic_store_n(&lowat_by_fd[fd], 0, __ATOMIC_RELAXED);
-        return false;
+    int v = want > LOWAT_MAX ? LOWAT_MAX : want < 1 ? 1 : (int)want;
+    if (v != *lowat) {
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v))) {
+            *lowat = 0;
+            return false;
+        }
+        *lowat = v;
     }
-    __atomic_store_n(&lowat_by_fd[fd], v, __ATOMIC_RELAXED);
     return true;
 }
 
@@ -161,20 +168,11 @@ static ssize_t read_marked(int fd, struct iovec *iov, int iovcnt)
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, -1) < 0 && errno != EINTR)
             return -1;
+        if (p.revents & POLLNVAL) {
+            errno = EBADF;
+            return -1;
+        }
     }
-}
-
-void mfd__sock_mark_reads(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    if (fd < 0 || fd >= LOWAT_FDS || mfd__tls_of(fd) ||
-        getsockname(fd, (struct sockaddr *)&ss, &sl) ||
-        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
-        return;
-    int one = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) == 0)
-        __atomic_store_n(&lowat_by_fd[fd], 1, __ATOMIC_RELAXED);
 }
 
 static void sock_tune(int fd, int family)
@@ -425,8 +423,6 @@ void mfd__sock_close(int fd)
     if (fd < 0)
         return;
     mfd__tls_forget(fd, true);
-    if (fd < LOWAT_FDS)
-        __atomic_store_n(&lowat_by_fd[fd], 0, __ATOMIC_RELAXED);
     close(fd);
 }
 
@@ -435,8 +431,9 @@ int mfd__read_full_timeout(int fd, void *buf, size_t len, int timeout_ms)
     return mfd__read_full_wake(fd, -1, buf, len, timeout_ms);
 }
 
-int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
-                        int timeout_ms)
+/* The read loop of all the *_full reads; lowat NULL, or no deadline. */
+static int read_full(int fd, int *lowat, int wake_fd, void *buf, size_t len,
+                     int timeout_ms)
 {
     size_t done = 0;
     uint64_t deadline = timeout_ms >= 0 ? now_ms() + (uint64_t)timeout_ms : 0;
@@ -444,12 +441,11 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
         deadline = 1; /* already passed */
     void *tls = mfd__tls_of(fd);
     while (done < len) {
-        bool marked = !tls && lowat_set(fd, len - done);
+        bool marked = !tls && lowat_set(fd, lowat, len - done);
         if (deadline || wake_fd >= 0) {
             int w = wait_io(fd, POLLIN, wake_fd, deadline);
             if (w)
                 return w;
-            marked = false; /* all there: a plain read takes it */
         }
         struct iovec v = {(char *)buf + done, len - done};
         ssize_t n = tls      ? mfd__tls_read(tls, v.iov_base, v.iov_len)
@@ -466,9 +462,20 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
     return MFD_IO_OK;
 }
 
+int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
+                        int timeout_ms)
+{
+    return read_full(fd, NULL, wake_fd, buf, len, timeout_ms);
+}
+
 int mfd__read_full(int fd, void *buf, size_t len)
 {
-    return mfd__read_full_timeout(fd, buf, len, -1);
+    return read_full(fd, NULL, -1, buf, len, -1);
+}
+
+int mfd__read_full_lowat(int fd, int *lowat, void *buf, size_t len)
+{
+    return read_full(fd, lowat, -1, buf, len, -1);
 }
 
 /* Advances an iovec array past n bytes; returns the new start index. */
@@ -487,6 +494,11 @@ static int iov_advance(struct iovec *iov, int iovcnt, int i, size_t n)
 
 int mfd__readv_full(int fd, struct iovec *iov, int iovcnt)
 {
+    return mfd__readv_full_lowat(fd, NULL, iov, iovcnt);
+}
+
+int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt)
+{
     int i = 0;
     size_t got = 0, want = 0;
     void *tls = mfd__tls_of(fd);
@@ -495,8 +507,9 @@ int mfd__readv_full(int fd, struct iovec *iov, int iovcnt)
     while (i < iovcnt) {
         int cnt = MFD_IOV_BATCH(iovcnt - i);
         ssize_t n = tls ? mfd__tls_read(tls, iov[i].iov_base, iov[i].iov_len)
-                    : lowat_set(fd, want - got) ? read_marked(fd, iov + i, cnt)
-                                                : readv(fd, iov + i, cnt);
+                    : lowat_set(fd, lowat, want - got)
+                        ? read_marked(fd, iov + i, cnt)
+                        : readv(fd, iov + i, cnt);
         if (n > 0) {
             got += (size_t)n;
             i = iov_advance(iov, iovcnt, i, (size_t)n);

@@ -60,11 +60,13 @@ void mfd__sock_close(int fd);
 int mfd__sock_accept(int lfd);
 
 /*
- * The reads below wait for all they need with one wake-up (SO_RCVLOWAT) on
- * this socket from now on: for a plaintext TCP socket that nothing else
- * waits on (a destination's data channel); any other fd is left alone.
+ * The mark a socket's *_lowat reads start from (its reader keeps it, one
+ * int beside the fd): 1 for a plaintext TCP socket, whose *_lowat reads
+ * then wait for all they need with one wake-up (SO_RCVLOWAT; sock.c says
+ * why), 0 for any other, read plainly. Nothing but *_lowat reads may wait
+ * on a socket whose mark is not 0: the mark stays on it between reads.
  */
-void mfd__sock_mark_reads(int fd);
+int mfd__sock_lowat_init(int fd);
 
 /* Results of the *_full calls. */
 enum {
@@ -93,6 +95,9 @@ int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
                         int timeout_ms);
 /* Reads until every iovec is full; the array is consumed (modified). */
 int mfd__readv_full(int fd, struct iovec *iov, int iovcnt);
+/* mfd__read_full and mfd__readv_full with the socket's mark (above). */
+int mfd__read_full_lowat(int fd, int *lowat, void *buf, size_t len);
+int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt);
 /* Writes every iovec (MSG_NOSIGNAL); the array is consumed (modified). */
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Same with extra sendmsg flags (MSG_MORE when another write follows). */

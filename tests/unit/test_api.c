@@ -388,6 +388,12 @@ static void test_sanitize(void **state)
      * U+1F600. */
     sanitized_is("\xc2\xa0" "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
                  "\xc2\xa0" "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    /* Invisible reordering and line breaking: RLO (U+202E), LRI
+     * (U+2066), the line separator (U+2028), a zero-width space
+     * (U+200B), the BOM (U+FEFF) and the Arabic letter mark (U+061C). */
+    sanitized_is("a\xe2\x80\xae" "b\xe2\x81\xa6" "c\xe2\x80\xa8" "d",
+                 "a?b?c?d");
+    sanitized_is("\xe2\x80\x8b" "e\xef\xbb\xbf" "f\xd8\x9c", "?e?f?");
     /* Malformed: overlong forms (of '/' and of CSI), a surrogate, beyond
      * U+10FFFF, stray continuation bytes, 0xff, and sequences cut short
      * by the next character or by the end of the string. */

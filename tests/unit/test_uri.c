@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -117,6 +119,83 @@ static void test_io_full(void **state)
     close(sv[1]);
 }
 
+/* The sender of test_io_lowat: 1 MiB in 1000-byte pieces, then 3 + 5. */
+static void *trickle(void *arg)
+{
+    int fd = *(int *)arg;
+    static char big[1 << 20];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (char)(i * 7);
+    for (size_t off = 0; off < sizeof(big); off += 1000) {
+        size_t n = sizeof(big) - off < 1000 ? sizeof(big) - off : 1000;
+        assert_int_equal(mfd__write_full(fd, big + off, n), MFD_IO_OK);
+        if (off % 64000 == 0)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    assert_int_equal(mfd__write_full(fd, "12", 2), MFD_IO_OK);
+    nanosleep(&(struct timespec){0, 20000000}, NULL);
+    assert_int_equal(mfd__write_full(fd, "345678", 6), MFD_IO_OK);
+    nanosleep(&(struct timespec){0, 20000000}, NULL);
+    assert_int_equal(mfd__write_full(fd, "zz", 2), MFD_IO_OK);
+    return NULL;
+}
+
+/*
+ * Reads that wait with a receive low-water mark (a destination's TCP data
+ * channel): whole buffers however the bytes trickle in, the mark following
+ * what each read needs, and the same results as plain reads at the end.
+ */
+static void test_io_lowat(void **state)
+{
+    (void)state;
+    mfd_uri u;
+    char err[200], bound[200];
+    assert_int_equal(mfd__uri_parse("tcp:127.0.0.1:0", &u, err, sizeof(err)),
+                     0);
+    int lfd = mfd__sock_listen(&u, bound, sizeof(bound), err, sizeof(err));
+    assert_true(lfd >= 0);
+    assert_int_equal(mfd__uri_parse(bound, &u, err, sizeof(err)), 0);
+    int cfd = mfd__sock_connect(&u, -1, 5000, err, sizeof(err));
+    assert_true(cfd >= 0);
+    int afd = mfd__sock_accept(lfd);
+    assert_true(afd >= 0);
+    int lowat = mfd__sock_lowat_init(afd);
+    assert_int_equal(lowat, 1);
+
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, trickle, &cfd), 0);
+    static char got[1 << 20];
+    assert_int_equal(mfd__read_full_lowat(afd, &lowat, got, sizeof(got)),
+                     MFD_IO_OK);
+    for (size_t i = 0; i < sizeof(got); i++)
+        if (got[i] != (char)(i * 7))
+            fail_msg("byte %zu: 0x%02x", i, (unsigned char)got[i]);
+    /* The mark was what the read still needed: at most the whole of it. */
+    assert_true(lowat >= 1 && lowat <= (int)sizeof(got));
+    char x[3], y[5];
+    struct iovec iov[3] = {{x, 3}, {NULL, 0}, {y, 5}};
+    assert_int_equal(mfd__readv_full_lowat(afd, &lowat, iov, 3), MFD_IO_OK);
+    assert_memory_equal(x, "123", 3);
+    assert_memory_equal(y, "45678", 5);
+    assert_true(lowat >= 1 && lowat <= 8);
+    pthread_join(t, NULL);
+    /* Two bytes of four, then the peer closes; then nothing at all. */
+    mfd__sock_close(cfd);
+    char b[4];
+    assert_int_equal(mfd__read_full_lowat(afd, &lowat, b, 4),
+                     MFD_IO_TRUNCATED);
+    assert_int_equal(mfd__read_full_lowat(afd, &lowat, b, 4), MFD_IO_EOF);
+    mfd__sock_close(afd);
+    mfd__sock_close(lfd);
+
+    /* Unix sockets are read plainly (mark 0). */
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(mfd__sock_lowat_init(sv[1]), 0);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 /* Writes raw bytes to one end and reads a record from the other. */
 static int read_raw_record(const uint8_t *raw, size_t len, uint32_t *type,
                            uint32_t *blen, char *err)
@@ -205,6 +284,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uri_forms),
         cmocka_unit_test(test_io_full),
+        cmocka_unit_test(test_io_lowat),
         cmocka_unit_test(test_records),
         cmocka_unit_test(test_param_names),
     };
