@@ -323,8 +323,10 @@ int mfd__fail_peer(struct mfd_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /*
  * Replaces in place, by '?', what must not reach a log or a terminal from
- * a peer: control characters (C0, DEL, C1) and bytes that are not valid
- * UTF-8. Every recorded error and log line goes through it.
+ * a peer: control characters (C0, DEL, C1), the invisible characters that
+ * reorder or break a line (bidi controls, line and paragraph separators,
+ * zero-width spaces, the BOM) and bytes that are not valid UTF-8. Every
+ * recorded error and log line goes through it.
  */
 void mfd__sanitize(char *msg);
 /*

@@ -502,8 +502,8 @@ int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt)
     int i = 0;
     size_t got = 0, want = 0;
     void *tls = mfd__tls_of(fd);
-    for (int k = 0; k < iovcnt; k++)
-        want += iov[k].iov_len;
+    for (int k = 0; !tls && lowat && *lowat && k < iovcnt; k++)
+        want += iov[k].iov_len; /* only a marked read needs the total */
     while (i < iovcnt) {
         int cnt = MFD_IOV_BATCH(iovcnt - i);
         ssize_t n = tls ? mfd__tls_read(tls, iov[i].iov_base, iov[i].iov_len)

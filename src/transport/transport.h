@@ -62,8 +62,8 @@ int mfd__sock_accept(int lfd);
 /*
  * The mark a socket's *_lowat reads start from (its reader keeps it, one
  * int beside the fd): 1 for a plaintext TCP socket, whose *_lowat reads
- * then wait for all they need with one wake-up (SO_RCVLOWAT; sock.c says
- * why), 0 for any other, read plainly. Nothing but *_lowat reads may wait
+ * then wait until all they need is there and take it in one call
+ * (SO_RCVLOWAT; sock.c says why), 0 for any other, read plainly. Nothing but *_lowat reads may wait
  * on a socket whose mark is not 0: the mark stays on it between reads.
  */
 int mfd__sock_lowat_init(int fd);
