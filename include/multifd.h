@@ -139,7 +139,10 @@ typedef enum {
     MFD_PARAM_CHANNELS = 100,
     /*
      * "zero-page-detection": MFD_ZPD_NONE, MFD_ZPD_LEGACY or MFD_ZPD_MULTIFD
-     * (default). Names: "none", "legacy", "multifd".
+     * (default). Names: "none", "legacy", "multifd". With legacy or
+     * multifd, the first pass takes pages of private anonymous memory that
+     * the page tables show were never written as zero pages without
+     * reading them (PAGEMAP_SCAN, Linux 6.7; stats: untouched_pages).
      */
     MFD_PARAM_ZERO_PAGE_DETECTION = 101,
     /* "page-size": bytes, a power of two in 4096..65536, default 4096. */
@@ -752,6 +755,12 @@ typedef struct {
     uint64_t normal_pages;  /* over all channels (and passes) */
     uint64_t zero_pages;    /* multifd-mode and legacy zero pages */
     uint64_t legacy_zero_pages; /* zero pages sent as ZERO_PAGES records */
+    /*
+     * Source: zero pages known as such without reading them, from the page
+     * tables (never written, or only read), in the first pass; included in
+     * zero_pages.
+     */
+    uint64_t untouched_pages;
     uint64_t data_packets;  /* RAM packets listing at least one page */
     uint64_t sync_packets;
     uint64_t iterations;    /* completed passes */

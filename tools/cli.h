@@ -73,11 +73,15 @@ typedef enum {
     GUEST_RANDOM,
     GUEST_HALF, /* alternating 2 MiB runs of zero and random pages */
     GUEST_TEXT,
-    GUEST_MIXED /* zero, random and text pages interleaved */
+    GUEST_MIXED, /* zero, random and text pages interleaved */
+    GUEST_UNTOUCHED /* all zero, never written: nothing to fill */
 } guest_content;
 
 bool guest_content_parse(const char *name, guest_content *out);
-/* Fills len bytes (a multiple of 4096) with content, using 2 threads. */
+/*
+ * Fills len bytes (a multiple of 4096) with content, using 2 threads; for
+ * GUEST_UNTOUCHED, does nothing (the memory must be fresh).
+ */
 void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed);
 /* Counts the all-zero 4 KiB pages. */
 uint64_t guest_zero_pages(const uint8_t *buf, uint64_t len);

@@ -20,7 +20,8 @@ bool guest_content_parse(const char *name, guest_content *out)
                  {"random", GUEST_RANDOM},
                  {"half", GUEST_HALF},
                  {"text", GUEST_TEXT},
-                 {"mixed", GUEST_MIXED}};
+                 {"mixed", GUEST_MIXED},
+                 {"untouched", GUEST_UNTOUCHED}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (!strcmp(name, names[i].name)) {
             *out = names[i].c;
@@ -161,6 +162,8 @@ static void *fill_main(void *arg)
 
 void guest_fill(uint8_t *buf, uint64_t len, guest_content c, uint64_t seed)
 {
+    if (c == GUEST_UNTOUCHED)
+        return;
     pthread_once(&corpus_once, corpus_build);
     uint64_t pages = len / PAGE;
     fill_job jobs[2] = {{buf, 0, pages / 2, c, seed},

@@ -60,10 +60,12 @@ void cli_print_stats(FILE *f, const mfd_session *s, const char *what)
             st->throughput_gbps);
     fprintf(f,
             "  pages: %" PRIu64 " normal, %" PRIu64 " zero (%" PRIu64
-            " as legacy records); %" PRIu64 " data packets, %" PRIu64
-            " SYNC packets, %" PRIu64 " pass(es)\n",
+            " as legacy records, %" PRIu64 " never read); %" PRIu64
+            " data packets, %" PRIu64 " SYNC packets, %" PRIu64
+            " pass(es)\n",
             st->normal_pages, st->zero_pages, st->legacy_zero_pages,
-            st->data_packets, st->sync_packets, st->iterations);
+            st->untouched_pages, st->data_packets, st->sync_packets,
+            st->iterations);
     fprintf(f, "  wire: main channel %" PRIu64 " bytes, data channels %" PRIu64
                " bytes\n",
             st->main_bytes, st->data_bytes);

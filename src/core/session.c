@@ -126,6 +126,7 @@ static void free_blocks(mfd_session *s)
         free(b->receivedmap);
         free(b->dirty);
         free(b->marked);
+        free(b->untouched);
         if (b->shadow)
             munmap(b->shadow, b->length);
         if (b->replica)
@@ -980,6 +981,7 @@ MFD_API int mfd_get_stats(const mfd_session *s, mfd_stats *st)
     st->ram_bytes = MFD_STAT_GET(s->ram_bytes);
     st->main_bytes = MFD_STAT_GET(s->main_bytes);
     st->legacy_zero_pages = MFD_STAT_GET(s->legacy_zero_pages);
+    st->untouched_pages = MFD_STAT_GET(s->untouched_pages);
     st->zero_pages = st->legacy_zero_pages;
     st->iterations = MFD_STAT_GET(s->iterations);
     st->data_packets = MFD_STAT_GET(s->data_packets);
@@ -1069,7 +1071,8 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         ", \"setup_time_us\": %" PRIu64 ", \"ram_bytes\": %" PRIu64
         ", \"main_bytes\": %" PRIu64 ", \"data_bytes\": %" PRIu64
         ", \"normal_pages\": %" PRIu64 ", \"zero_pages\": %" PRIu64
-        ", \"legacy_zero_pages\": %" PRIu64 ", \"data_packets\": %" PRIu64
+        ", \"legacy_zero_pages\": %" PRIu64 ", \"untouched_pages\": %" PRIu64
+        ", \"data_packets\": %" PRIu64
         ", \"sync_packets\": %" PRIu64 ", \"iterations\": %" PRIu64
         ", \"throughput_gbps\": %.3f, \"dirty_sync_count\": %" PRIu64
         ", \"dirty_pages\": %" PRIu64 ", \"dirty_rate_bps\": %" PRIu64
@@ -1087,7 +1090,8 @@ MFD_API char *mfd_stats_json(const mfd_session *s)
         roles[st->role % 3], statuses[st->status % 5], st->channels,
         st->page_size, st->total_time_us, st->setup_time_us, st->ram_bytes,
         st->main_bytes, st->data_bytes, st->normal_pages, st->zero_pages,
-        st->legacy_zero_pages, st->data_packets, st->sync_packets,
+        st->legacy_zero_pages, st->untouched_pages, st->data_packets,
+        st->sync_packets,
         st->iterations, st->throughput_gbps, st->dirty_sync_count,
         st->dirty_pages, st->dirty_rate_bps, st->bandwidth_bps,
         st->memory_rate_bps, st->expected_downtime_ms, st->downtime_us, st->throttle_pct,

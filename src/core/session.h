@@ -69,6 +69,12 @@ typedef struct mfd_block {
     uint64_t *ckpt_map, *ckpt_zero, *replica_map;
     /* Source, manual tracker: pages marked by mfd_mark_dirty (atomic). */
     uint64_t *marked;
+    /*
+     * Source: pages that read as zero by their page table entries alone
+     * when the first pass began (ram/untouched.h), or NULL. Only that pass
+     * may use it: any later write makes the page dirty again.
+     */
+    uint64_t *untouched;
 } mfd_block;
 
 /*
@@ -88,6 +94,8 @@ typedef struct mfd_batch {
     uint32_t block;
     uint32_t num;
     uint64_t *offset; /* pages_per_packet entries */
+    /* The block's untouched map in the first pass, else NULL. */
+    const uint64_t *untouched;
 } mfd_batch;
 
 /*
@@ -298,6 +306,7 @@ struct mfd_session {
     uint64_t main_bytes;
     uint64_t ram_bytes; /* total length of the blocks */
     uint64_t legacy_zero_pages;
+    uint64_t untouched_pages; /* zero pages known unread (ram/untouched.h) */
     uint64_t data_packets; /* packets listing pages (COMPLETE's count) */
     uint64_t iterations;
     uint64_t zc_copied_passes; /* zero-copy passes the kernel copied anyway */

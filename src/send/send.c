@@ -27,6 +27,7 @@
 #include "protocol/crc32c.h"
 #include "ram/bitmap.h"
 #include "ram/dirty.h"
+#include "ram/untouched.h"
 #include "ram/zero.h"
 #include "transport/transport.h"
 #include "transport/tls.h"
@@ -36,13 +37,20 @@
 /*
  * Zero detection of mode multifd: partitions the batch in place so normal
  * pages come first, keeping their order (so adjacent pages still coalesce
- * into one iovec), and zero pages last. Returns the number of normal pages.
+ * into one iovec), and zero pages last. Returns the number of normal pages;
+ * *unread counts the zero pages the untouched map vouched for unread.
  */
 static uint32_t partition_zero(const uint8_t *host, uint64_t *off, uint32_t num,
-                               uint32_t ps)
+                               uint32_t ps, const uint64_t *untouched,
+                               uint32_t *unread)
 {
     uint32_t w = 0;
+    *unread = 0;
     for (uint32_t i = 0; i < num; i++) {
+        if (untouched && mfd__bitmap_test(untouched, off[i] / ps)) {
+            ++*unread;
+            continue;
+        }
         if (mfd__buffer_is_zero(host + off[i], ps))
             continue;
         if (w != i) {
@@ -230,8 +238,13 @@ static int send_batch(mfd_send_chan *ch, mfd_batch *b, bool more)
     uint32_t ps = (uint32_t)s->page_size;
     uint32_t normal = b->num;
 
-    if (s->zpd == MFD_ZPD_MULTIFD)
-        normal = partition_zero(blk->src, b->offset, b->num, ps);
+    if (s->zpd == MFD_ZPD_MULTIFD) {
+        uint32_t unread;
+        normal = partition_zero(blk->src, b->offset, b->num, ps, b->untouched,
+                                &unread);
+        if (unread)
+            MFD_STAT_ADD(s->untouched_pages, unread);
+    }
     if (s->snap) {
         pace(s, (uint64_t)normal * ps);
         return mfd__snap_write_batch(ch, b, normal);
@@ -501,9 +514,10 @@ static int queue_counted(mfd_session *s, meter *m)
 
 /*
  * One pass: every page set in the blocks' dirty bitmaps, which it clears.
- * In legacy mode zero pages go to the main channel as ZERO_PAGES.
+ * In legacy mode zero pages go to the main channel as ZERO_PAGES. The
+ * first pass (`first`) may take the blocks' untouched maps as zero tests.
  */
-static int walk_dirty(mfd_session *s, meter *m)
+static int walk_dirty(mfd_session *s, meter *m, bool first)
 {
     uint32_t ps = (uint32_t)s->page_size;
     bool legacy = s->zpd == MFD_ZPD_LEGACY;
@@ -512,8 +526,10 @@ static int walk_dirty(mfd_session *s, meter *m)
         return mfd__fail(s, MFD_ENOMEM, "out of memory");
 
     int rc = 0;
+    uint64_t nunread = 0;
     for (int bi = 0; bi < s->nblocks && !rc; bi++) {
         mfd_block *b = &s->blocks[bi];
+        const uint64_t *umap = first ? b->untouched : NULL;
         uint64_t words = (b->pages + 63) / 64;
         for (uint64_t w = 0; w < words && !rc; w++) {
             uint64_t bits = b->dirty[w];
@@ -527,8 +543,12 @@ static int walk_dirty(mfd_session *s, meter *m)
             MFD_STAT_ADD(s->dirty_pages,
                          -(uint64_t)__builtin_popcountll(bits));
             for (; bits; bits &= bits - 1) {
-                uint64_t off = (w * 64 + (uint64_t)__builtin_ctzll(bits)) * ps;
-                if (legacy && mfd__buffer_is_zero(b->src + off, ps)) {
+                uint64_t page = w * 64 + (uint64_t)__builtin_ctzll(bits);
+                uint64_t off = page * ps;
+                bool unread = umap && mfd__bitmap_test(umap, page);
+                if (legacy &&
+                    (unread || mfd__buffer_is_zero(b->src + off, ps))) {
+                    nunread += unread;
                     rc = s->snap ? mfd__snap_zero_page(s, (uint32_t)bi, off)
                                  : legacy_add(s, z, (uint32_t)bi, off);
                     if (rc)
@@ -540,6 +560,7 @@ static int walk_dirty(mfd_session *s, meter *m)
                     (rc = queue_counted(s, m)))
                     break;
                 s->cur->block = (uint32_t)bi;
+                s->cur->untouched = umap;
                 s->cur->offset[s->cur->num++] = off;
                 if (s->cur->num == s->ppp && (rc = queue_counted(s, m)))
                     break;
@@ -551,6 +572,7 @@ static int walk_dirty(mfd_session *s, meter *m)
     if (!rc && legacy)
         rc = legacy_flush(s, z);
     free(z);
+    MFD_STAT_ADD(s->untouched_pages, nunread);
     return rc;
 }
 
@@ -569,6 +591,35 @@ static int dirty_all(mfd_session *s)
         n += b->pages;
     }
     MFD_STAT_SET(s->dirty_pages, n);
+    return 0;
+}
+
+/*
+ * Finds, for the first pass, the pages whose page table entries alone say
+ * they are zero (ram/untouched.h). After the tracker started, so a write
+ * that comes later is seen by it and the page is sent again; without a
+ * tracker the memory does not change. Not with zero-page-detection none,
+ * which sends every page as data.
+ */
+static int scan_untouched(mfd_session *s)
+{
+    if (s->zpd == MFD_ZPD_NONE)
+        return 0;
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (b->src != b->host)
+            continue;
+        uint64_t words = (b->pages + 63) / 64;
+        if (!b->untouched &&
+            !(b->untouched = mfd__bitmap_new(b->pages)))
+            return mfd__fail(s, MFD_ENOMEM, "out of memory");
+        memset(b->untouched, 0, words * 8);
+        if (mfd__untouched_scan(b->host, b->length, (uint32_t)s->page_size,
+                                b->untouched) <= 0) {
+            free(b->untouched);
+            b->untouched = NULL;
+        }
+    }
     return 0;
 }
 
@@ -664,6 +715,8 @@ static int precopy(mfd_session *s)
         return -1;
     if (live && mfd__tracker_start(s))
         return -1;
+    if (scan_untouched(s))
+        return -1;
     if (!live)
         pause_writers(s);
     pthread_mutex_lock(&s->rl_lock);
@@ -678,7 +731,7 @@ static int precopy(mfd_session *s)
         __atomic_store_n(&s->crc_scope, final ? 1 : 0, __ATOMIC_RELAXED);
         meter_pass_begin(s, &m);
         uint64_t q0 = m.queued;
-        if (walk_dirty(s, &m))
+        if (walk_dirty(s, &m, pass == 1))
             return -1;
         mfd_pass_info p;
         if (end_pass(s, &m, pass, final, &p))
@@ -1351,7 +1404,7 @@ static int colo_run(mfd_session *s)
             return -1;
         meter_pass_begin(s, m);
         uint64_t q0 = m->queued;
-        if (walk_dirty(s, m) ||
+        if (walk_dirty(s, m, false) ||
             sync_channels(s, MFD_STAT_GET(s->iterations) + 1))
             return -1;
         for (int i = 0; i < s->nblocks; i++)

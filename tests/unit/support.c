@@ -92,6 +92,15 @@ uint8_t *ts_make_block(size_t len, unsigned seed, bool zero_runs)
     return p;
 }
 
+uint8_t *ts_make_sparse_block(size_t len, unsigned seed)
+{
+    uint8_t *p = ts_make_block(len, seed, true);
+    for (size_t o = 0; o < len; o += TS_PAGE)
+        if (ts_page_is_zero(p + o))
+            assert_int_equal(madvise(p + o, TS_PAGE, MADV_DONTNEED), 0);
+    return p;
+}
+
 bool ts_page_is_zero(const uint8_t *p)
 {
     static const uint8_t z[TS_PAGE];

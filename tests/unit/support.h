@@ -46,6 +46,11 @@ void ts_fill_random(uint8_t *p, size_t len, uint64_t seed);
 void ts_fill_block(uint8_t *p, size_t len, unsigned seed, bool zero_runs);
 /* ts_map_anon() filled by ts_fill_block(). */
 uint8_t *ts_make_block(size_t len, unsigned seed, bool zero_runs);
+/*
+ * ts_make_block() with zero runs, whose zero pages are then dropped
+ * (MADV_DONTNEED): untouched memory, as a guest's never-used pages are.
+ */
+uint8_t *ts_make_sparse_block(size_t len, unsigned seed);
 
 bool ts_page_is_zero(const uint8_t *p);
 /* The zero pages in [p, p + len). */

@@ -456,7 +456,9 @@ static void test_live_manual_converges(void **state)
     (void)state;
     static const char *names[2] = {"ram0", "rom"};
     const size_t lens[2] = {16u << 20, 1u << 20};
-    uint8_t *blk[2] = {ts_make_block(lens[0], 1, true),
+    /* ram0's zero pages are untouched: sent unread in pass 1, and the
+     * writer's later writes to them sent after. */
+    uint8_t *blk[2] = {ts_make_sparse_block(lens[0], 1),
                        ts_make_block(lens[1], 2, true)};
     uint64_t pages = (lens[0] + lens[1]) / PS;
 
@@ -484,11 +486,14 @@ static void test_live_manual_converges(void **state)
     mfd_stats *st = src_stats(s);
     assert_true(pages_after_pass1(st) > 0);
     assert_true(st->pass_pages[st->iterations - 1] > 0);
+    /* Most of ram0's zero pages were still untouched when pass 1 began. */
+    assert_true(st->untouched_pages > (lens[0] / PS) / 4);
     print_message("manual: %" PRIu64 " passes, pages per pass 1..: %" PRIu64
                   " %" PRIu64 " %" PRIu64 ", downtime %" PRIu64 " us, "
-                  "%" PRIu64 " writes\n",
+                  "%" PRIu64 " writes, %" PRIu64 " untouched\n",
                   st->iterations, st->pass_pages[0], st->pass_pages[1],
-                  st->pass_pages[2], st->downtime_us, frozen);
+                  st->pass_pages[2], st->downtime_us, frozen,
+                  st->untouched_pages);
     free(st);
 
     writer_destroy(&w);
@@ -525,7 +530,7 @@ static void test_live_uffd_wp_max_iterations(void **state)
     static const char *names[1] = {"ram0"};
     const size_t lens[1] = {16u << 20};
     const int64_t cap = 32 << 20;
-    uint8_t *blk[1] = {ts_make_block(lens[0], 3, true)};
+    uint8_t *blk[1] = {ts_make_sparse_block(lens[0], 3)};
     uint64_t pages = lens[0] / PS;
 
     ts_dest ds;

@@ -6,15 +6,25 @@
  * outside [buf, buf + len) answers "not zero" and fails. Exact-size heap
  * buffers let ASan and valgrind report over-reads past the end directly.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "ram/bitmap.h"
+#include "ram/untouched.h"
 #include "ram/zero.h"
 
 #define PAGE 4096
@@ -175,9 +185,216 @@ static void test_exact_allocation(void **state)
     exact_one(PAGE + 1);
 }
 
+/* ---- untouched pages (ram/untouched.h) --------------------------------- */
+
+#define MIB (1u << 20)
+
+/* Whether the kernel has PAGEMAP_SCAN (Linux 6.7): an empty scan answers. */
+static bool have_pagemap_scan(void)
+{
+    uint64_t arg[12] = {sizeof(arg)};
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    int rc = ioctl(fd, _IOWR('f', 16, uint64_t[12]), arg);
+    int e = errno;
+    close(fd);
+    return rc >= 0 || e != ENOTTY;
+}
+
+#define NEED_PAGEMAP_SCAN()                                                     \
+    do {                                                                        \
+        if (!have_pagemap_scan()) {                                             \
+            print_message("SKIP: no PAGEMAP_SCAN (Linux 6.7) in this kernel\n"); \
+            skip();                                                             \
+        }                                                                       \
+    } while (0)
+
+/* len bytes of private anonymous memory aligned to 2 MiB. */
+static uint8_t *map_aligned(size_t len, int advice)
+{
+    uint8_t *p = mmap(NULL, len + 2 * MIB, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + 2 * MIB - 1) & ~(uintptr_t)(2 * MIB - 1));
+    if (a > p)
+        munmap(p, (size_t)(a - p));
+    munmap(a + len, (size_t)(p + 2 * MIB - a));
+    assert_int_equal(madvise(a, len, advice), 0);
+    return a;
+}
+
+/* The scan of [p, p + len) in pages of ps, checked page by page. */
+static void expect_scan(const uint8_t *p, size_t len, uint32_t ps,
+                        const bool *want)
+{
+    uint64_t pages = len / ps;
+    uint64_t *map = mfd__bitmap_new(pages);
+    assert_non_null(map);
+    int64_t n = mfd__untouched_scan(p, len, ps, map);
+    int64_t expect = 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        expect += want[i];
+        if (mfd__bitmap_test(map, i) != want[i])
+            fail_msg("page size %u: page %llu: untouched %d, want %d", ps,
+                     (unsigned long long)i, mfd__bitmap_test(map, i), want[i]);
+    }
+    assert_int_equal(n, expect);
+    free(map);
+}
+
+/*
+ * 4 KiB pages: never-touched, read-only (the zero page) and MADV_DONTNEED
+ * pages are untouched; written pages are not, even one written with zeros
+ * (it has a page of its own, which must be read).
+ */
+static void test_untouched_small_pages(void **state)
+{
+    (void)state;
+    NEED_PAGEMAP_SCAN();
+    size_t len = 4 * MIB, pages = len / PAGE;
+    uint8_t *p = map_aligned(len, MADV_NOHUGEPAGE);
+    bool *want = malloc(pages);
+    assert_non_null(want);
+    memset(want, 1, pages);
+    p[0] = 1;
+    want[0] = 0;
+    p[5 * PAGE + 4095] = 1;
+    want[5] = 0;
+    memset(p + 6 * PAGE, 0, PAGE); /* zeros, but a page of its own */
+    want[6] = 0;
+    volatile uint8_t sink = p[10 * PAGE]; /* read: maps the zero page */
+    (void)sink;
+    for (size_t i = 100; i < 200; i++) {
+        p[i * PAGE] = 7;
+        want[i] = 0;
+    }
+    assert_int_equal(madvise(p + 150 * PAGE, 10 * PAGE, MADV_DONTNEED), 0);
+    for (size_t i = 150; i < 160; i++)
+        want[i] = 1;
+    expect_scan(p, len, PAGE, want);
+
+    /* 16 KiB pages: untouched only when all four small pages are. */
+    bool want16[256];
+    for (size_t i = 0; i < len / (4 * PAGE); i++)
+        want16[i] = want[4 * i] && want[4 * i + 1] && want[4 * i + 2] &&
+                    want[4 * i + 3];
+    expect_scan(p, len, 4 * PAGE, want16);
+
+    /* A range that starts and ends inside the mapping. */
+    expect_scan(p + 96 * PAGE, 128 * PAGE, PAGE, want + 96);
+
+    /* Three mappings after an mprotect in the middle: one range still. */
+    assert_int_equal(mprotect(p + MIB, MIB, PROT_READ), 0);
+    expect_scan(p, len, PAGE, want);
+    /* Under 1/32 of the pages untouched: not worth judging, all read. */
+    uint8_t *q = map_aligned(MIB, MADV_NOHUGEPAGE);
+    memset(q, 1, MIB - 7 * PAGE);
+    bool none[256] = {false};
+    expect_scan(q, MIB, PAGE, none);
+    q[MIB - 7 * PAGE] = 1; /* 6 of 256 untouched: still under */
+    expect_scan(q, MIB, PAGE, none);
+    munmap(q, MIB);
+    memset(q = map_aligned(MIB, MADV_NOHUGEPAGE), 1, MIB - 8 * PAGE);
+    bool last8[256] = {false};
+    for (int i = 248; i < 256; i++)
+        last8[i] = true; /* 8 of 256: judged */
+    expect_scan(q, MIB, PAGE, last8);
+    munmap(q, MIB);
+
+    /* A hole in the range: not judged. */
+    munmap(p + 2 * MIB, PAGE);
+    uint64_t *map = mfd__bitmap_new(pages);
+    assert_int_equal(mfd__untouched_scan(p, len, PAGE, map), -1);
+    free(map);
+    free(want);
+    munmap(p, len);
+}
+
+/* Huge pages: the huge zero page of a read-only 2 MiB counts, data not. */
+static void test_untouched_huge_pages(void **state)
+{
+    (void)state;
+    NEED_PAGEMAP_SCAN();
+    size_t len = 8 * MIB, pages = len / PAGE;
+    uint8_t *p = map_aligned(len, MADV_HUGEPAGE);
+    volatile uint8_t sink = p[0]; /* the huge zero page, if THP is on */
+    (void)sink;
+    p[2 * MIB + 12345] = 1; /* a whole huge page, or one small page */
+    uint64_t *map = mfd__bitmap_new(pages);
+    assert_non_null(map);
+    int64_t n = mfd__untouched_scan(p, len, PAGE, map);
+    /* The written page is never untouched; the last 4 MiB always are. */
+    assert_false(mfd__bitmap_test(map, (2 * MIB + 12345) / PAGE));
+    for (size_t i = 4 * MIB / PAGE; i < pages; i++)
+        assert_true(mfd__bitmap_test(map, i));
+    for (size_t i = 0; i < 2 * MIB / PAGE; i++)
+        assert_true(mfd__bitmap_test(map, i));
+    assert_true(n >= (int64_t)(pages - 2 * MIB / PAGE));
+    assert_true(n <= (int64_t)(pages - 1));
+    free(map);
+    munmap(p, len);
+}
+
+/* Memory whose empty page table entries may stand for data: not judged. */
+static void test_untouched_refused(void **state)
+{
+    (void)state;
+    NEED_PAGEMAP_SCAN();
+    size_t len = MIB;
+    uint64_t *map = mfd__bitmap_new(len / PAGE);
+    assert_non_null(map);
+
+    /* Shared anonymous memory (shmem behind it). */
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    assert_int_equal(mfd__untouched_scan(p, len, PAGE, map), -1);
+    munmap(p, len);
+
+    /* A memfd with data, mapped private and never touched: a file's pages. */
+    int fd = memfd_create("mfd-untouched", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    uint8_t buf[PAGE];
+    memset(buf, 0x5a, sizeof(buf));
+    for (size_t o = 0; o < len; o += PAGE)
+        assert_int_equal(pwrite(fd, buf, PAGE, (off_t)o), PAGE);
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    assert_true(p != MAP_FAILED);
+    assert_int_equal(mfd__untouched_scan(p, len, PAGE, map), -1);
+    assert_int_equal(p[len - 1], 0x5a);
+    munmap(p, len);
+    close(fd);
+
+    /* Anonymous memory a userfaultfd serves missing pages for. */
+    p = map_aligned(len, MADV_NOHUGEPAGE);
+    int ufd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (ufd >= 0) {
+        struct uffdio_api api = {.api = UFFD_API};
+        struct uffdio_register r = {
+            .range = {.start = (uintptr_t)p, .len = len},
+            .mode = UFFDIO_REGISTER_MODE_MISSING};
+        assert_int_equal(ioctl(ufd, UFFDIO_API, &api), 0);
+        assert_int_equal(ioctl(ufd, UFFDIO_REGISTER, &r), 0);
+        assert_int_equal(mfd__untouched_scan(p, len, PAGE, map), -1);
+        close(ufd);
+        /* The registration ends with the userfaultfd: judged again. */
+        assert_int_equal(mfd__untouched_scan(p, len, PAGE, map),
+                         (int64_t)(len / PAGE));
+    } else {
+        print_message("note: no userfaultfd here (%s): that case not run\n",
+                      strerror(errno));
+    }
+    munmap(p, len);
+    free(map);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_untouched_small_pages),
+        cmocka_unit_test(test_untouched_huge_pages),
+        cmocka_unit_test(test_untouched_refused),
         cmocka_unit_test(test_variants_listed),
         cmocka_unit_test(test_len0),
         cmocka_unit_test(test_alignments_lengths),
