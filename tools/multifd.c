@@ -58,14 +58,16 @@ void cli_print_stats(FILE *f, const mfd_session *s, const char *what)
             what, st->total_time_us / 1e6, st->setup_time_us / 1e6,
             (st->normal_pages + st->zero_pages) * (double)st->page_size / 1e9,
             st->throughput_gbps);
+    char unread[48] = "";
+    if (st->untouched_pages)
+        snprintf(unread, sizeof(unread), ", %" PRIu64 " never read",
+                 st->untouched_pages);
     fprintf(f,
             "  pages: %" PRIu64 " normal, %" PRIu64 " zero (%" PRIu64
-            " as legacy records, %" PRIu64 " never read); %" PRIu64
-            " data packets, %" PRIu64 " SYNC packets, %" PRIu64
-            " pass(es)\n",
-            st->normal_pages, st->zero_pages, st->legacy_zero_pages,
-            st->untouched_pages, st->data_packets, st->sync_packets,
-            st->iterations);
+            " as legacy records%s); %" PRIu64 " data packets, %" PRIu64
+            " SYNC packets, %" PRIu64 " pass(es)\n",
+            st->normal_pages, st->zero_pages, st->legacy_zero_pages, unread,
+            st->data_packets, st->sync_packets, st->iterations);
     fprintf(f, "  wire: main channel %" PRIu64 " bytes, data channels %" PRIu64
                " bytes\n",
             st->main_bytes, st->data_bytes);
