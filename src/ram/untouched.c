@@ -22,10 +22,12 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "ram/bitmap.h"
 #include "ram/pagemap.h"
 
@@ -48,52 +50,85 @@ static bool has_flag(const char *line, const char *const *flags)
 }
 
 /*
- * Whether [start, end) is covered, without a gap, by private anonymous
- * mappings that hold zeros wherever their page tables hold nothing.
+ * Whether a mapping's name (what smaps shows after the inode) is one of
+ * plain anonymous memory: none, the heap, a stack, or a name given with
+ * PR_SET_VMA_ANON_NAME. Special mappings ([vdso], [vvar]...) are private
+ * with inode 0 too, but fill in their content when touched.
  */
-static bool range_is_plain_anon(uint64_t start, uint64_t end)
+static bool plain_name(const char *name)
+{
+    while (*name == ' ')
+        name++;
+    return !*name || *name == '\n' || !strncmp(name, "[heap]", 6) ||
+           !strncmp(name, "[stack", 6) || !strncmp(name, "[anon:", 6);
+}
+
+int mfd__untouched_plain(const mfd__range *r, int n, bool *plain)
 {
     /* um/ui: userfaultfd missing/minor; io: VM_IO; pf: VM_PFNMAP. */
     static const char *const bad[] = {"um", "ui", "io", "pf", NULL};
-    FILE *f = fopen("/proc/self/smaps", "re");
-    if (!f)
-        return false;
+    uint64_t lowest = UINT64_MAX, highest = 0;
+    uint64_t *covered = calloc((size_t)n + 1, sizeof(*covered));
+    for (int i = 0; i < n; i++) {
+        plain[i] = covered != NULL;
+        if (covered)
+            covered[i] = r[i].start; /* [start, covered) is vetted */
+        lowest = MFD_MIN(lowest, r[i].start);
+        highest = MFD_MAX(highest, r[i].end);
+    }
+    FILE *f = covered ? fopen("/proc/self/smaps", "re") : NULL;
+    if (!f) {
+        free(covered);
+        memset(plain, 0, (size_t)n);
+        return -1;
+    }
     char line[512];
-    uint64_t covered = start; /* [start, covered) is vetted */
-    bool in_range = false, ok = true, done = false;
-    while (ok && !done && fgets(line, sizeof(line), f)) {
+    uint64_t lo = 0, hi = 0;
+    bool header_ok = false, in_range = false;
+    while (fgets(line, sizeof(line), f)) {
         if (!strchr(line, '\n')) {
             /* Longer than any field: a long path. The rest is not needed. */
             int c;
             while ((c = fgetc(f)) != EOF && c != '\n')
                 ;
         }
-        uint64_t lo, hi, inode;
+        /* Other lines may match a part ("AnonHugePages" starts with a hex
+         * digit): only a whole header moves lo and hi. */
+        uint64_t l, h, inode;
         char perms[8];
-        if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %*s %*s %" SCNu64, &lo,
-                   &hi, perms, &inode) == 4) {
+        int name_at = 0;
+        if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %*s %*s %" SCNu64 "%n",
+                   &l, &h, perms, &inode, &name_at) == 4 && name_at > 0) {
+            lo = l;
+            hi = h;
             if (in_range) /* the previous mapping's VmFlags never came */
-                ok = false;
-            in_range = hi > covered && lo < end;
-            if (!in_range)
-                continue;
-            if (lo > covered || strlen(perms) < 4 || perms[3] != 'p' ||
-                inode != 0)
-                ok = false;
-            covered = hi;
+                break;
+            if (lo >= highest)
+                break;
+            in_range = hi > lowest;
+            header_ok = strlen(perms) >= 4 && perms[3] == 'p' && !inode &&
+                        plain_name(line + name_at);
         } else if (in_range && !strncmp(line, "VmFlags:", 8)) {
-            if (has_flag(line, bad))
-                ok = false;
+            bool ok = header_ok && !has_flag(line, bad);
+            for (int i = 0; i < n; i++) {
+                if (hi <= covered[i] || lo >= r[i].end)
+                    continue;
+                if (lo > covered[i] || !ok)
+                    plain[i] = false;
+                covered[i] = hi;
+            }
             in_range = false;
-            done = covered >= end;
         }
     }
     fclose(f);
-    return ok && done;
+    for (int i = 0; i < n; i++)
+        plain[i] = plain[i] && covered[i] >= r[i].end;
+    free(covered);
+    return 0;
 }
 
-int64_t mfd__untouched_scan(const uint8_t *host, uint64_t len,
-                            uint32_t page_size, uint64_t *map)
+int64_t mfd__untouched_pages(const uint8_t *host, uint64_t len,
+                             uint32_t page_size, uint64_t *map)
 {
     uint64_t start = (uintptr_t)host, end = start + len;
     uint64_t pages = len / page_size;
@@ -152,17 +187,28 @@ int64_t mfd__untouched_scan(const uint8_t *host, uint64_t len,
         a.start = a.walk_end;
     }
     close(fd);
+    if (found < 0)
+        memset(map, 0, (pages + 63) / 64 * 8);
+    return found;
+}
+
+bool mfd__untouched_worth(int64_t found, uint64_t pages)
+{
+    return found > 0 && (uint64_t)found >= pages / 32;
+}
+
+int64_t mfd__untouched_scan(const uint8_t *host, uint64_t len,
+                            uint32_t page_size, uint64_t *map)
+{
+    uint64_t pages = len / page_size;
+    int64_t found = mfd__untouched_pages(host, len, page_size, map);
     if (found <= 0)
         return found;
-    /*
-     * Reading smaps costs about 30 ns per page present (the kernel counts
-     * them), 30 ms for 4 GiB of small pages; a page never touched costs
-     * about 0.75 us to read (a fault). Below 1/32 of the pages the check
-     * would cost more than the faults it spares, so the pages are read.
-     */
-    int64_t rc = (uint64_t)found < pages / 32         ? 0
-                 : !range_is_plain_anon(start, end) ? -1
-                                                    : found;
+    mfd__range r = {(uintptr_t)host, (uintptr_t)host + len};
+    bool plain = false;
+    int64_t rc = !mfd__untouched_worth(found, pages)                 ? 0
+                 : mfd__untouched_plain(&r, 1, &plain) || !plain ? -1
+                                                                   : found;
     if (rc != found)
         memset(map, 0, (pages + 63) / 64 * 8);
     return rc;

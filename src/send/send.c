@@ -598,28 +598,53 @@ static int dirty_all(mfd_session *s)
  * Finds, for the first pass, the pages whose page table entries alone say
  * they are zero (ram/untouched.h). After the tracker started, so a write
  * that comes later is seen by it and the page is sent again; without a
- * tracker the memory does not change. Not with zero-page-detection none,
- * which sends every page as data.
+ * tracker, after the pause, when the memory no longer changes. Not with
+ * zero-page-detection none, which sends every page as data.
  */
 static int scan_untouched(mfd_session *s)
 {
     if (s->zpd == MFD_ZPD_NONE)
         return 0;
+    mfd__range *r = calloc((size_t)s->nblocks, sizeof(*r));
+    bool *plain = calloc((size_t)s->nblocks, sizeof(*plain));
+    int *idx = calloc((size_t)s->nblocks, sizeof(*idx));
+    int n = 0;
+    if (!r || !plain || !idx) {
+        free(r);
+        free(plain);
+        free(idx);
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    }
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
-        if (b->src != b->host)
+        free(b->untouched);
+        b->untouched = NULL;
+        if (b->src != b->host || !(b->untouched = mfd__bitmap_new(b->pages)))
+            continue; /* out of memory: the pages are read, that is all */
+        int64_t found = mfd__untouched_pages(b->host, b->length,
+                                             (uint32_t)s->page_size,
+                                             b->untouched);
+        if (!mfd__untouched_worth(found, b->pages)) {
+            free(b->untouched);
+            b->untouched = NULL;
             continue;
-        uint64_t words = (b->pages + 63) / 64;
-        if (!b->untouched &&
-            !(b->untouched = mfd__bitmap_new(b->pages)))
-            return mfd__fail(s, MFD_ENOMEM, "out of memory");
-        memset(b->untouched, 0, words * 8);
-        if (mfd__untouched_scan(b->host, b->length, (uint32_t)s->page_size,
-                                b->untouched) <= 0) {
+        }
+        r[n] = (mfd__range){(uintptr_t)b->host, (uintptr_t)b->host + b->length};
+        idx[n++] = i;
+    }
+    /* One read of /proc/self/smaps for all the blocks that need it. */
+    if (n)
+        mfd__untouched_plain(r, n, plain);
+    for (int k = 0; k < n; k++) {
+        mfd_block *b = &s->blocks[idx[k]];
+        if (!plain[k]) {
             free(b->untouched);
             b->untouched = NULL;
         }
     }
+    free(r);
+    free(plain);
+    free(idx);
     return 0;
 }
 
@@ -715,10 +740,10 @@ static int precopy(mfd_session *s)
         return -1;
     if (live && mfd__tracker_start(s))
         return -1;
-    if (scan_untouched(s))
-        return -1;
     if (!live)
         pause_writers(s);
+    if (scan_untouched(s))
+        return -1;
     pthread_mutex_lock(&s->rl_lock);
     s->rl_next_us = mfd__now_us(); /* no burst at the start */
     pthread_mutex_unlock(&s->rl_lock);

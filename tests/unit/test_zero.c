@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -386,6 +387,36 @@ static void test_untouched_refused(void **state)
                       strerror(errno));
     }
     munmap(p, len);
+
+    /* A special mapping: private, no file, but filled in when touched. */
+    uintptr_t vdso = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
+    if (vdso) {
+        mfd__range r = {vdso, vdso + PAGE};
+        bool plain = true;
+        assert_int_equal(mfd__untouched_plain(&r, 1, &plain), 0);
+        assert_false(plain);
+    }
+
+    /* Several ranges in one reading: each judged on its own. */
+    uint8_t *a = map_aligned(MIB, MADV_NOHUGEPAGE);
+    uint8_t *sh = mmap(NULL, MIB, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    uint8_t *c = map_aligned(2 * MIB, MADV_NOHUGEPAGE);
+    assert_true(sh != MAP_FAILED);
+    assert_int_equal(mprotect(c + MIB, PAGE, PROT_READ), 0);
+    mfd__range rs[4] = {{(uintptr_t)c, (uintptr_t)c + 2 * MIB},
+                        {(uintptr_t)sh, (uintptr_t)sh + MIB},
+                        {(uintptr_t)a, (uintptr_t)a + MIB},
+                        {(uintptr_t)a + PAGE, (uintptr_t)a + 2 * PAGE}};
+    bool plain[4];
+    assert_int_equal(mfd__untouched_plain(rs, 4, plain), 0);
+    assert_true(plain[0]);
+    assert_false(plain[1]);
+    assert_true(plain[2]);
+    assert_true(plain[3]);
+    munmap(a, MIB);
+    munmap(sh, MIB);
+    munmap(c, 2 * MIB);
     free(map);
 }
 
