@@ -384,6 +384,21 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
                           uint64_t length);
 
 /**
+ * Source: tells the library that `length` bytes at `offset` of block
+ * `block` (its index in mfd_add_block() order) read as zero, as the holes
+ * of a sparse file the block maps do (SEEK_HOLE). With zero-page-detection
+ * legacy or multifd, the first pass lists the pages wholly inside as zero
+ * pages without reading them (stats: untouched_pages): reading a hole of a
+ * shared file mapping would allocate a page of page cache (of tmpfs
+ * memory) for it. The caller vouches for the zeros: they must hold from
+ * the first pass until the pause callback returns, or, with a dirty
+ * tracker, until it has started, after which writes are tracked. Before
+ * mfd_migrate(); may be called many times.
+ */
+MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
+                                uint64_t length);
+
+/**
  * Destination: map each incoming block as the file DIR/NAME (created or
  * truncated, sparse, mapped shared, so zero pages stay holes) instead of
  * fresh anonymous memory. NULL restores anonymous memory. Names containing

@@ -173,7 +173,8 @@ static const char send_usage[] =
     "Migrates each FILE as one RAM block named after its base name to a\n"
     "destination listening at URI (tcp:HOST:PORT or unix:PATH). FILE sizes\n"
     "must be non-zero multiples of the page size. Exits 0 only after the\n"
-    "destination answered DONE.\n"
+    "destination answered DONE. Holes of sparse FILEs (SEEK_HOLE) go as\n"
+    "zero pages without being read (with zero-page detection on).\n"
     "\n"
     "The files' writers are expected to be stopped (one pass); the live\n"
     "parameters below apply to a live source such as `multifd demo`, and\n"
@@ -217,14 +218,36 @@ static const char save_usage[] =
     "snapshot file PATH (mapped-ram layout, PROTOCOL.md 5): the channel\n"
     "threads write their pages in parallel at fixed offsets, zero pages are\n"
     "never written (the file stays sparse), and the COMPLETE flag is set\n"
-    "last, once everything is on disk. Exits 0 only then. Restore with\n"
-    "`multifd restore`.\n"
+    "last, once everything is on disk. Exits 0 only then. Holes of sparse\n"
+    "FILEs are zero pages, not read. Restore with `multifd restore`.\n"
     "\n"
     "options:\n"
     "  --to file:PATH              the snapshot file (required; replaced)\n"
     "  --progress[=json]           a progress line while running\n"
     "  --json                      print the final stats as one JSON object\n"
     "  -h, --help                  this text\n";
+
+/*
+ * Tells the session which ranges of block `block` are holes of its file
+ * (SEEK_HOLE / SEEK_DATA): they read as zero, and reading them through the
+ * shared mapping would only fill the page cache (tmpfs memory) with zeros.
+ * A file system without hole support reports none: every page is read.
+ */
+static int hint_holes(mfd_session *s, int block, int fd, uint64_t len)
+{
+    uint64_t at = 0;
+    while (at < len) {
+        off_t hole = lseek(fd, (off_t)at, SEEK_HOLE);
+        if (hole < 0 || (uint64_t)hole >= len)
+            return 0;
+        off_t data = lseek(fd, hole, SEEK_DATA);
+        uint64_t end = data < 0 || (uint64_t)data > len ? len : (uint64_t)data;
+        if (mfd_block_zero_hint(s, block, (uint64_t)hole, end - (uint64_t)hole))
+            return -1;
+        at = end;
+    }
+    return 0;
+}
 
 /*
  * send and save: each FILE, mapped read-only, becomes a block; migrate to
@@ -327,7 +350,8 @@ static int migrate_files(int argc, char **argv, const char *cmd,
                 snprintf(msg, sizeof(msg), "%s: mmap: %s", path,
                          strerror(errno));
                 rc = fail_line(cmd, msg);
-            } else if (mfd_add_block(s, base, maps[i], lens[i])) {
+            } else if (mfd_add_block(s, base, maps[i], lens[i]) ||
+                       hint_holes(s, i, fd, lens[i])) {
                 snprintf(msg, sizeof(msg), "%s: %s", path, mfd_last_error(s));
                 rc = fail_line(cmd, msg);
             }

@@ -127,6 +127,7 @@ static void free_blocks(mfd_session *s)
         free(b->dirty);
         free(b->marked);
         free(b->untouched);
+        free(b->zero_hint);
         if (b->shadow)
             munmap(b->shadow, b->length);
         if (b->replica)
@@ -704,6 +705,30 @@ MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
     for (uint64_t p = first; p <= last; p++)
         if (!mfd__bitmap_test_atomic(m, p))
             mfd__bitmap_set_atomic(m, p);
+    return 0;
+}
+
+MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
+                                uint64_t length)
+{
+    if (!s || block < 0 || block >= s->nblocks)
+        return -MFD_EINVAL;
+    mfd_block *b = &s->blocks[block];
+    if (offset > b->length || length > b->length - offset)
+        return mfd__set_error(s, MFD_EINVAL,
+                              "zero hint of %" PRIu64 " bytes at %" PRIu64
+                              " beyond block '%s' (%" PRIu64 " bytes)",
+                              length, offset, b->name, b->length);
+    if (s->used)
+        return mfd__set_error(s, MFD_ESTATE,
+                              "zero hint after the migration started");
+    uint64_t ps = (uint64_t)s->page_size;
+    uint64_t first = (offset + ps - 1) / ps, end = (offset + length) / ps;
+    if (end <= first)
+        return 0; /* no whole page inside */
+    if (!b->zero_hint && !(b->zero_hint = mfd__bitmap_new(b->pages)))
+        return mfd__set_error(s, MFD_ENOMEM, "out of memory");
+    mfd__bitmap_set_range_atomic(b->zero_hint, first, end - first);
     return 0;
 }
 

@@ -75,6 +75,8 @@ typedef struct mfd_block {
      * may use it: any later write makes the page dirty again.
      */
     uint64_t *untouched;
+    /* Source: pages the caller said read as zero (mfd_block_zero_hint). */
+    uint64_t *zero_hint;
 } mfd_block;
 
 /*

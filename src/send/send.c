@@ -596,7 +596,8 @@ static int dirty_all(mfd_session *s)
 
 /*
  * Finds, for the first pass, the pages whose page table entries alone say
- * they are zero (ram/untouched.h). After the tracker started, so a write
+ * they are zero (ram/untouched.h), and adds those the caller hinted at
+ * (mfd_block_zero_hint). After the tracker started, so a write
  * that comes later is seen by it and the page is sent again; without a
  * tracker, after the pause, when the memory no longer changes. Not with
  * zero-page-detection none, which sends every page as data.
@@ -641,6 +642,17 @@ static int scan_untouched(mfd_session *s)
             free(b->untouched);
             b->untouched = NULL;
         }
+    }
+    /* And the caller's word (mfd_block_zero_hint): holes of a file, say. */
+    for (int i = 0; i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        uint64_t words = (b->pages + 63) / 64;
+        if (!b->zero_hint || b->src != b->host)
+            continue;
+        if (!b->untouched)
+            b->untouched = mfd__bitmap_new(b->pages);
+        for (uint64_t w = 0; b->untouched && w < words; w++)
+            b->untouched[w] |= b->zero_hint[w];
     }
     free(r);
     free(plain);

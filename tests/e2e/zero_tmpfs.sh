@@ -9,6 +9,13 @@
 #   anon-mixed: a few small blocks with data, to check that the printed
 #         digests really cover the received bytes (an all-zero block's digest
 #         is also the digest of untouched memory).
+#   In every case the source sends the file's holes unread (SEEK_HOLE
+#   hints): its untouched_pages count them, and the source file still
+#   allocates nothing for them afterwards (reading a hole through the shared
+#   mapping would put a page of tmpfs memory there).
+#   holes: 64 MiB with data in a few ranges (one ending mid-way into a page
+#         run, one at the very end) and holes between: cmp equal,
+#         untouched_pages == the hole pages, source allocation unchanged.
 # Usage: zero_tmpfs.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -121,6 +128,28 @@ else
     fail dir/file "no destination file $DSTF"
 fi
 zero_stats dir
+# untouched_of TAG: the source's untouched_pages in TAG's --json output.
+untouched_of() {
+    python3 -c '
+import json, sys
+try:
+    print(json.load(open(sys.argv[1]))["untouched_pages"])
+except Exception as e:
+    print("<%s: %s>" % (type(e).__name__, e))
+' "$E2E_TMP/$1.send.out"
+}
+got=$(untouched_of dir)
+if [ "$got" = "$PAGES" ]; then
+    pass dir/holes-unread
+else
+    fail dir/holes-unread "source untouched_pages $got, expected $PAGES (the file is one hole)"
+fi
+salloc=$(alloc_bytes "$BLOCK")
+if [ $((salloc * 100)) -lt "$SIZE" ]; then
+    pass dir/source-still-sparse
+else
+    fail dir/source-still-sparse "the source file allocates $salloc bytes after the send (its holes were read)"
+fi
 rm -rf "$SHM/dst"
 
 # --- the same into anonymous memory, with --json ---------------------------
@@ -152,6 +181,39 @@ else
     show_file "$E2E_TMP/anon-plain.recv.out"
 fi
 rm -f "$BLOCK"
+
+# --- a sparse file with data: holes unread, data read ---------------------
+HOLES=$SHM/src/holes.ram
+truncate -s $((64 << 20)) "$HOLES"
+# Data (pages): 0-9, 100-355, 1000 alone, 16380-16383 (the end). The rest
+# is holes: 16384 - 10 - 256 - 1 - 4 = 16113 pages.
+for r in "0 10" "100 256" "1000 1" "16380 4"; do
+    read -r first n <<<"$r"
+    head -c $((n * 4096)) /dev/urandom |
+        dd of="$HOLES" bs=4096 seek="$first" conv=notrunc status=none
+done
+HOLE_PAGES=16113
+mkdir -p "$SHM/dst"
+before=$(alloc_bytes "$HOLES")
+run_pair holes "$SHM/dst" --json -- --json "$HOLES"
+if timeout 60 cmp -s "$HOLES" "$SHM/dst/holes.ram"; then
+    pass holes/cmp
+else
+    fail holes/cmp "destination differs from the source"
+fi
+got=$(untouched_of holes)
+if [ "$got" = "$HOLE_PAGES" ]; then
+    pass holes/unread
+else
+    fail holes/unread "source untouched_pages $got, expected $HOLE_PAGES"
+fi
+after=$(alloc_bytes "$HOLES")
+if [ "$after" = "$before" ]; then
+    pass holes/source-unchanged
+else
+    fail holes/source-unchanged "the source file allocated $before bytes before the send, $after after"
+fi
+rm -rf "$SHM/dst" "$HOLES"
 
 # --- anon with data: digests must match each block's content ---------------
 mkdir -p "$SHM/mixed"

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -540,6 +541,59 @@ static void test_untouched_written_in_pause(void **state)
     untouched_pause_case("legacy");
 }
 
+/*
+ * The caller's word: a shared memfd with holes (shared memory is never
+ * judged from the page tables), hinted with mfd_block_zero_hint. The holes
+ * go unread (the memfd allocates nothing for them); the data arrives.
+ */
+static void test_zero_hint(void **state)
+{
+    (void)state;
+    size_t len = 8u << 20, pages = len / 4096;
+    int fd = memfd_create("mfd-hint", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)len), 0);
+    uint8_t *src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(src != MAP_FAILED);
+    ts_fill_random(src, 16 * 4096, 3);             /* pages 0..15 */
+    ts_fill_random(src + 1000 * 4096, 4096, 4);    /* page 1000 */
+    struct stat st0, st1;
+    assert_int_equal(fstat(fd, &st0), 0);
+
+    mfd_session *d = listening_dest();
+    ts_dest dt;
+    mfd_session *s = mfd_session_new();
+    assert_int_equal(mfd_add_block(s, "ram0", src, len), 0);
+    /* Out of the block, or no such block: refused. */
+    assert_int_equal(mfd_block_zero_hint(s, 0, len - 4096, 8192), -MFD_EINVAL);
+    assert_non_null(strstr(mfd_last_error(s), "beyond block 'ram0'"));
+    assert_int_equal(mfd_block_zero_hint(s, 1, 0, 4096), -MFD_EINVAL);
+    /* The holes, as SEEK_HOLE gives them; partial pages count for nothing
+     * (page 15 holds data: a hint from its middle leaves it alone). */
+    assert_int_equal(mfd_block_zero_hint(s, 0, 15 * 4096 + 100, 4000), 0);
+    assert_int_equal(mfd_block_zero_hint(s, 0, 15 * 4096 + 100,
+                                         (1000 - 15) * 4096 - 100), 0);
+    assert_int_equal(mfd_block_zero_hint(s, 0, 1001 * 4096,
+                                         len - 1001 * 4096), 0);
+    ts_dest_start(&dt, d);
+    migrate_joined(s, &dt, "hint");
+    assert_int_equal(fstat(fd, &st1), 0);
+    assert_int_equal(st1.st_blocks, st0.st_blocks);
+    compare_ram0(d, src, len);
+    mfd_stats *a, *b;
+    ts_stats_completed(s, d, &a, &b);
+    assert_int_equal(a->untouched_pages, pages - 17);
+    assert_int_equal(a->normal_pages, 17);
+    free(a);
+    free(b);
+    /* Once the migration started, too late. */
+    assert_int_equal(mfd_block_zero_hint(s, 0, 0, 4096), -MFD_ESTATE);
+    mfd_session_free(s);
+    mfd_session_free(d);
+    munmap(src, len);
+    close(fd);
+}
+
 static void test_untouched_multifd(void **state)
 {
     (void)state;
@@ -573,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_untouched_legacy),
         cmocka_unit_test(test_untouched_none),
         cmocka_unit_test(test_untouched_written_in_pause),
+        cmocka_unit_test(test_zero_hint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
