@@ -688,13 +688,21 @@ MFD_API int mfd_set_live_ops(mfd_session *s, const mfd_live_ops *ops,
     return 0;
 }
 
+/* Block `block` when [offset, offset + length) lies inside it, else NULL. */
+static mfd_block *block_range(mfd_session *s, int block, uint64_t offset,
+                              uint64_t length)
+{
+    if (!s || block < 0 || block >= s->nblocks)
+        return NULL;
+    mfd_block *b = &s->blocks[block];
+    return offset <= b->length && length <= b->length - offset ? b : NULL;
+}
+
 MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
                            uint64_t length)
 {
-    if (!s || block < 0 || block >= s->nblocks)
-        return -MFD_EINVAL;
-    mfd_block *b = &s->blocks[block];
-    if (offset > b->length || length > b->length - offset)
+    mfd_block *b = block_range(s, block, offset, length);
+    if (!b)
         return -MFD_EINVAL;
     /* Before the migration starts every page is dirty anyway. */
     uint64_t *m = __atomic_load_n(&b->marked, __ATOMIC_ACQUIRE);
@@ -711,14 +719,14 @@ MFD_API int mfd_mark_dirty(mfd_session *s, int block, uint64_t offset,
 MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
                                 uint64_t length)
 {
-    if (!s || block < 0 || block >= s->nblocks)
+    if (!s)
         return -MFD_EINVAL;
-    mfd_block *b = &s->blocks[block];
-    if (offset > b->length || length > b->length - offset)
+    mfd_block *b = block_range(s, block, offset, length);
+    if (!b)
         return mfd__set_error(s, MFD_EINVAL,
                               "zero hint of %" PRIu64 " bytes at %" PRIu64
-                              " beyond block '%s' (%" PRIu64 " bytes)",
-                              length, offset, b->name, b->length);
+                              " outside block %d",
+                              length, offset, block);
     if (s->used)
         return mfd__set_error(s, MFD_ESTATE,
                               "zero hint after the migration started");
