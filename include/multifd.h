@@ -393,7 +393,9 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
  * memory) for it. The caller vouches for the zeros: they must hold from
  * the first pass until the pause callback returns, or, with a dirty
  * tracker, until it has started, after which writes are tracked. Before
- * mfd_migrate(); may be called many times.
+ * mfd_migrate(), from the thread setting the session up; may be called
+ * many times. Feature VERIFY hashes these pages as zeros too (without a
+ * tracker), so it does not read them either.
  */
 MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
                                 uint64_t length);

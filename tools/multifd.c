@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -231,7 +233,8 @@ static const char save_usage[] =
  * Tells the session which ranges of block `block` are holes of its file
  * (SEEK_HOLE / SEEK_DATA): they read as zero, and reading them through the
  * shared mapping would only fill the page cache (tmpfs memory) with zeros.
- * A file system without hole support reports none: every page is read.
+ * A file system without hole support reports none, and any other failure
+ * ends the hints there: every page not hinted is read.
  */
 static int hint_holes(mfd_session *s, int block, int fd, uint64_t len)
 {
@@ -241,6 +244,9 @@ static int hint_holes(mfd_session *s, int block, int fd, uint64_t len)
         if (hole < 0 || (uint64_t)hole >= len)
             return 0;
         off_t data = lseek(fd, hole, SEEK_DATA);
+        if (data < 0 && errno != ENXIO)
+            return 0; /* not known where data starts: read the rest */
+        /* ENXIO: no data after the hole. */
         uint64_t end = data < 0 || (uint64_t)data > len ? len : (uint64_t)data;
         if (mfd_block_zero_hint(s, block, (uint64_t)hole, end - (uint64_t)hole))
             return -1;
@@ -330,20 +336,25 @@ static int migrate_files(int argc, char **argv, const char *cmd,
         const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
         struct stat st;
         int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &st) < 0) {
+        uint64_t size = 0; /* a block device's st_size is 0: ask it */
+        if (fd < 0 || fstat(fd, &st) < 0 ||
+            (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0)) {
             snprintf(msg, sizeof(msg), "%s: %s", path, strerror(errno));
             rc = fail_line(cmd, msg);
         } else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-            snprintf(msg, sizeof(msg), "%s: not a regular file", path);
-            rc = fail_line(cmd, msg);
-        } else if (st.st_size == 0 || st.st_size % ps) {
             snprintf(msg, sizeof(msg),
-                     "%s: size %lld is not a non-zero multiple of the page "
-                     "size %" PRId64,
-                     path, (long long)st.st_size, ps);
+                     "%s: not a regular file or block device", path);
+            rc = fail_line(cmd, msg);
+        } else if ((size = S_ISBLK(st.st_mode) ? size : (uint64_t)st.st_size) ==
+                       0 ||
+                   size % (uint64_t)ps) {
+            snprintf(msg, sizeof(msg),
+                     "%s: size %" PRIu64 " is not a non-zero multiple of the "
+                     "page size %" PRId64,
+                     path, size, ps);
             rc = fail_line(cmd, msg);
         } else {
-            lens[i] = (uint64_t)st.st_size;
+            lens[i] = size;
             maps[i] = mmap(NULL, lens[i], PROT_READ, MAP_SHARED, fd, 0);
             if (maps[i] == MAP_FAILED) {
                 maps[i] = NULL;

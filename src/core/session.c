@@ -721,12 +721,16 @@ MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
 {
     if (!s)
         return -MFD_EINVAL;
+    if (block < 0 || block >= s->nblocks)
+        return mfd__set_error(s, MFD_EINVAL, "zero hint for block %d: no "
+                              "such block (%d added)", block, s->nblocks);
     mfd_block *b = block_range(s, block, offset, length);
     if (!b)
         return mfd__set_error(s, MFD_EINVAL,
                               "zero hint of %" PRIu64 " bytes at %" PRIu64
-                              " outside block %d",
-                              length, offset, block);
+                              " outside block '%s' (%" PRIu64 " bytes)",
+                              length, offset, s->blocks[block].name,
+                              s->blocks[block].length);
     if (s->used)
         return mfd__set_error(s, MFD_ESTATE,
                               "zero hint after the migration started");

@@ -1443,11 +1443,15 @@ static int main_loop(mfd_session *s)
 /*
  * A failure seen as a closed channel may have its reason still in flight:
  * the source's CANCEL or ERROR record. Read the main channel for a moment
- * to report that reason instead of the symptom.
+ * to report that reason instead of the symptom: as long as the source may
+ * take to send it (it shuts its data channels down at once, and sends the
+ * record once its migration thread has unwound, which on two loaded cores
+ * took more than the half second this waited before). A source that is
+ * gone closes the main channel too, which ends the wait at once.
  */
 static void drain_reason(mfd_session *s)
 {
-    uint64_t deadline = mfd__now_us() + 500000;
+    uint64_t deadline = mfd__now_us() + 2000000;
     char err[300];
     while (mfd__error_code(s) == MFD_ECLOSED && s->main_fd >= 0) {
         uint64_t now = mfd__now_us();

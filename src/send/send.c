@@ -1228,6 +1228,38 @@ static int send_device_state(mfd_session *s)
     return 0;
 }
 
+/*
+ * XXH3-64 of a block (VERIFY). Without a tracker the memory has not changed
+ * since the untouched map was made, so its pages are hashed as the zeros
+ * they are, unread: reading them would fault them in (or fill a sparse
+ * file's holes with page cache) after all.
+ */
+static uint64_t block_digest(const mfd_session *s, const mfd_block *b)
+{
+    static const uint8_t zero[65536];
+    XXH3_state_t *st;
+    if (s->dirty_tracker != MFD_TRACKER_NONE || !b->untouched ||
+        (uint64_t)s->page_size > sizeof(zero) || !(st = XXH3_createState()))
+        return XXH3_64bits(b->host, b->length);
+    uint64_t ps = (uint64_t)s->page_size, chunk = sizeof(zero) / ps;
+    XXH3_64bits_reset(st);
+    for (uint64_t p = 0; p < b->pages;) {
+        bool z = mfd__bitmap_test(b->untouched, p);
+        uint64_t q = p + 1;
+        while (q < b->pages && mfd__bitmap_test(b->untouched, q) == z &&
+               (!z || q - p < chunk))
+            q++;
+        XXH3_64bits_update(st, z ? zero : b->host + p * ps, (q - p) * ps);
+        p = q;
+    }
+    if (b->length > b->pages * ps) /* a tail shorter than a page */
+        XXH3_64bits_update(st, b->host + b->pages * ps,
+                           b->length - b->pages * ps);
+    uint64_t h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return h;
+}
+
 /* DIGESTS (VERIFY), COMPLETE, then DONE from the destination. */
 static int send_complete(mfd_session *s)
 {
@@ -1236,8 +1268,7 @@ static int send_complete(mfd_session *s)
         if (!d)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         for (int i = 0; i < s->nblocks; i++)
-            mfd__put_be64(d + 8 * i,
-                          XXH3_64bits(s->blocks[i].host, s->blocks[i].length));
+            mfd__put_be64(d + 8 * i, block_digest(s, &s->blocks[i]));
         int rc = mfd__send_record(s, MFD_REC_DIGESTS, d,
                                   8 * (uint32_t)s->nblocks);
         free(d);

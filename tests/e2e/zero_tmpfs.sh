@@ -13,9 +13,14 @@
 #   hints): its untouched_pages count them, and the source file still
 #   allocates nothing for them afterwards (reading a hole through the shared
 #   mapping would put a page of tmpfs memory there).
+#   blockdev: the same file behind a loop device sent as FILE (a block
+#         device's size comes from BLKGETSIZE64; it has no holes to hint):
+#         cmp equal, every page read (skipped without losetup or loop
+#         devices).
 #   holes: 64 MiB with data in a few ranges (one ending mid-way into a page
 #         run, one at the very end) and holes between: cmp equal,
-#         untouched_pages == the hole pages, source allocation unchanged.
+#         untouched_pages == the hole pages, source allocation unchanged,
+#         also with --verify (its digest hashes the holes as zeros).
 # Usage: zero_tmpfs.sh PATH-TO-multifd
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -195,7 +200,8 @@ done
 HOLE_PAGES=16113
 mkdir -p "$SHM/dst"
 before=$(alloc_bytes "$HOLES")
-run_pair holes "$SHM/dst" --json -- --json "$HOLES"
+# --verify: the digest, too, takes the holes as zeros without reading them.
+run_pair holes "$SHM/dst" --json -- --json --verify "$HOLES"
 if timeout 60 cmp -s "$HOLES" "$SHM/dst/holes.ram"; then
     pass holes/cmp
 else
@@ -213,7 +219,29 @@ if [ "$after" = "$before" ]; then
 else
     fail holes/source-unchanged "the source file allocated $before bytes before the send, $after after"
 fi
-rm -rf "$SHM/dst" "$HOLES"
+rm -rf "$SHM/dst"
+
+# --- the same file as a block device ---------------------------------------
+if LOOP=$(losetup -f --show "$HOLES" 2>"$E2E_TMP/losetup.err"); then
+    mkdir -p "$SHM/dst"
+    run_pair blockdev "$SHM/dst" --json -- --json "$LOOP"
+    if timeout 60 cmp -s "$HOLES" "$SHM/dst/$(basename "$LOOP")"; then
+        pass blockdev/cmp
+    else
+        fail blockdev/cmp "destination differs from $LOOP"
+    fi
+    got=$(untouched_of blockdev)
+    if [ "$got" = 0 ]; then
+        pass blockdev/all-read
+    else
+        fail blockdev/all-read "untouched_pages $got on a block device (no holes to know of)"
+    fi
+    losetup -d "$LOOP"
+    rm -rf "$SHM/dst"
+else
+    skip blockdev "no loop device: $(head -c 200 "$E2E_TMP/losetup.err")"
+fi
+rm -f "$HOLES"
 
 # --- anon with data: digests must match each block's content ---------------
 mkdir -p "$SHM/mixed"
