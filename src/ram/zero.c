@@ -22,6 +22,9 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <xxhash.h>
+
+#include "ram/bitmap.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -337,4 +340,32 @@ int mfd__zero_variants(const mfd__zero_variant **out)
     pthread_once(&zero_once, select_variant);
     *out = variants;
     return NVARIANTS;
+}
+
+uint64_t mfd__digest_known_zero(const uint8_t *host, uint64_t len,
+                                uint64_t page_size, const uint64_t *map,
+                                bool set_is_zero)
+{
+    static const uint8_t zero[65536];
+    XXH3_state_t *st;
+    if (!map || page_size > sizeof(zero) || !(st = XXH3_createState()))
+        return XXH3_64bits(host, len);
+    uint64_t pages = len / page_size, chunk = sizeof(zero) / page_size;
+    XXH3_64bits_reset(st);
+    for (uint64_t p = 0; p < pages;) {
+        bool z = mfd__bitmap_test(map, p) == set_is_zero;
+        uint64_t q = p + 1;
+        while (q < pages && (mfd__bitmap_test(map, q) == set_is_zero) == z &&
+               (!z || q - p < chunk))
+            q++;
+        XXH3_64bits_update(st, z ? zero : host + p * page_size,
+                           (q - p) * page_size);
+        p = q;
+    }
+    if (len > pages * page_size) /* a tail shorter than a page */
+        XXH3_64bits_update(st, host + pages * page_size,
+                           len - pages * page_size);
+    uint64_t h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return h;
 }

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef bool (*mfd__is_zero_fn)(const void *buf, size_t len);
 
@@ -34,5 +35,17 @@ const char *mfd__zero_variant_name(void);
  * Returns the count and sets *out to a static array.
  */
 int mfd__zero_variants(const mfd__zero_variant **out);
+
+/*
+ * XXH3-64 of `len` bytes at `host` (feature VERIFY), taking the pages of
+ * `page_size` bytes that `map` marks as zero (bit set when `set_is_zero`,
+ * clear otherwise; `map` may be NULL: read everything) as the zeros they
+ * are instead of reading them: reading memory never written faults it in
+ * (or fills a sparse file's holes with page cache). page_size at most
+ * 65536.
+ */
+uint64_t mfd__digest_known_zero(const uint8_t *host, uint64_t len,
+                                uint64_t page_size, const uint64_t *map,
+                                bool set_is_zero);
 
 #endif

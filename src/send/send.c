@@ -18,7 +18,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "common/util.h"
 #include "colo/colo.h"
@@ -1230,34 +1229,14 @@ static int send_device_state(mfd_session *s)
 
 /*
  * XXH3-64 of a block (VERIFY). Without a tracker the memory has not changed
- * since the untouched map was made, so its pages are hashed as the zeros
- * they are, unread: reading them would fault them in (or fill a sparse
- * file's holes with page cache) after all.
+ * since the untouched map was made, so its pages count as the zeros they
+ * are, unread; with one they may have been written since.
  */
 static uint64_t block_digest(const mfd_session *s, const mfd_block *b)
 {
-    static const uint8_t zero[65536];
-    XXH3_state_t *st;
-    if (s->dirty_tracker != MFD_TRACKER_NONE || !b->untouched ||
-        (uint64_t)s->page_size > sizeof(zero) || !(st = XXH3_createState()))
-        return XXH3_64bits(b->host, b->length);
-    uint64_t ps = (uint64_t)s->page_size, chunk = sizeof(zero) / ps;
-    XXH3_64bits_reset(st);
-    for (uint64_t p = 0; p < b->pages;) {
-        bool z = mfd__bitmap_test(b->untouched, p);
-        uint64_t q = p + 1;
-        while (q < b->pages && mfd__bitmap_test(b->untouched, q) == z &&
-               (!z || q - p < chunk))
-            q++;
-        XXH3_64bits_update(st, z ? zero : b->host + p * ps, (q - p) * ps);
-        p = q;
-    }
-    if (b->length > b->pages * ps) /* a tail shorter than a page */
-        XXH3_64bits_update(st, b->host + b->pages * ps,
-                           b->length - b->pages * ps);
-    uint64_t h = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return h;
+    return mfd__digest_known_zero(
+        b->host, b->length, (uint64_t)s->page_size,
+        s->dirty_tracker == MFD_TRACKER_NONE ? b->untouched : NULL, true);
 }
 
 /* DIGESTS (VERIFY), COMPLETE, then DONE from the destination. */

@@ -473,6 +473,11 @@ static void untouched_case(const char *zpd)
      * (before the comparison below reads it). */
     assert_int_equal(page_present(src, 1), none);
     assert_true(page_present(src, 5));
+    /* Nor did the destination's VERIFY digest read its never-written
+     * pages (in memory it mapped itself). */
+    mfd_block_info bi;
+    assert_int_equal(mfd_block_get(d, 0, &bi), 0);
+    assert_int_equal(page_present(bi.host, 1), none);
     compare_ram0(d, src, len);
 
     mfd_stats *a, *b;
