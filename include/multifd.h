@@ -448,6 +448,17 @@ MFD_API int mfd_block_count(const mfd_session *s);
  */
 MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info);
 
+/**
+ * XXH3-64 of block `index`'s memory (what mfd_block_get() shows), as
+ * feature VERIFY computes it: pages known to be zero are hashed as zeros
+ * without being read (on a destination, pages of memory the library mapped
+ * that no data was ever placed in; on a source without a dirty tracker,
+ * its untouched and hinted pages), so hashing a large, mostly empty block
+ * does not fault it all in. After mfd_incoming() or mfd_migrate() returned.
+ */
+MFD_API int mfd_block_digest(const mfd_session *s, int index,
+                             uint64_t *digest);
+
 /* ------------------------------------------------------------------------ */
 /* Migration                                                                */
 /* ------------------------------------------------------------------------ */

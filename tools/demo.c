@@ -79,8 +79,9 @@ static void child_main(int wfd, const char *listen_uri, bool prealloc,
     for (int i = 0; i < mfd_block_count(s); i++) {
         mfd_block_info b;
         mfd_block_get(s, i, &b);
-        fprintf(out, "digest %016llx %s\n",
-                (unsigned long long)XXH3_64bits(b.host, b.length), b.name);
+        uint64_t h;
+        mfd_block_digest(s, i, &h);
+        fprintf(out, "digest %016llx %s\n", (unsigned long long)h, b.name);
     }
     const void *dev;
     size_t dev_len;

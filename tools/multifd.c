@@ -18,7 +18,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "cli.h"
 
@@ -540,8 +539,9 @@ static void print_received(mfd_session *s, bool json, bool anon,
                 printf("%s\"", i ? ", " : "");
                 for (const char *ch = b.name; *ch; ch++)
                     printf(*ch == '"' || *ch == '\\' ? "\\%c" : "%c", *ch);
-                printf("\": \"%016llx\"",
-                       (unsigned long long)XXH3_64bits(b.host, b.length));
+                uint64_t h;
+                mfd_block_digest(s, i, &h);
+                printf("\": \"%016llx\"", (unsigned long long)h);
             }
             printf("}}\n");
         } else {
@@ -554,8 +554,9 @@ static void print_received(mfd_session *s, bool json, bool anon,
         for (int i = 0; anon && i < n; i++) {
             mfd_block_info b;
             mfd_block_get(s, i, &b);
-            printf("digest %s %016llx\n", b.name,
-                   (unsigned long long)XXH3_64bits(b.host, b.length));
+            uint64_t h;
+            mfd_block_digest(s, i, &h);
+            printf("digest %s %016llx\n", b.name, (unsigned long long)h);
         }
     }
 }

@@ -21,6 +21,7 @@
 
 #include "common/util.h"
 #include "ram/bitmap.h"
+#include "ram/zero.h"
 #include "transport/transport.h"
 #include "transport/tls.h"
 
@@ -839,6 +840,30 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
     info->host = s->blocks[index].replica ? s->blocks[index].replica
                                           : s->blocks[index].host;
     info->length = s->blocks[index].length;
+    return 0;
+}
+
+MFD_API int mfd_block_digest(const mfd_session *s, int index,
+                             uint64_t *digest)
+{
+    if (!s || !digest || index < 0 || index >= s->nblocks)
+        return -MFD_EINVAL;
+    const mfd_block *b = &s->blocks[index];
+    const uint64_t *map = NULL;
+    bool set_is_zero = false;
+    if (b->replica) {
+        /* A COLO secondary's replica: read whole. */
+    } else if (MFD_STAT_GET(s->role) == 2 && b->mapped) {
+        map = b->receivedmap; /* clear: never written since it was mapped */
+    } else if (MFD_STAT_GET(s->role) == 1 &&
+               s->dirty_tracker == MFD_TRACKER_NONE) {
+        map = b->untouched;
+        set_is_zero = true;
+    }
+    mfd_block_info info;
+    mfd_block_get(s, index, &info);
+    *digest = mfd__digest_known_zero(info.host, info.length,
+                                     (uint64_t)s->page_size, map, set_is_zero);
     return 0;
 }
 

@@ -31,7 +31,6 @@
 #include "method/method.h"
 #include "protocol/crc32c.h"
 #include "ram/bitmap.h"
-#include "ram/zero.h"
 #include "transport/transport.h"
 #include "transport/tls.h"
 
@@ -1180,17 +1179,14 @@ static int on_digests(mfd_session *s, const uint8_t *body, uint32_t len)
     /* Every pass is applied; reading never-placed pages must not SIGBUS. */
     mfd__placement_done(s);
     for (int i = 0; i < s->nblocks; i++) {
-        mfd_block *b = &s->blocks[i];
-        uint64_t want = mfd__get_be64(body + 8 * i);
+        uint64_t want = mfd__get_be64(body + 8 * i), got;
         /*
          * Memory the library mapped (fresh, or a new file) is zero where no
          * data was ever placed, and is hashed so, unread: reading it would
          * fault it all in. The caller's memory is read whole: it is meant
          * to be zero-filled, and this checks it.
          */
-        uint64_t got = mfd__digest_known_zero(
-            b->host, b->length, (uint64_t)s->page_size,
-            b->mapped ? b->receivedmap : NULL, false);
+        mfd_block_digest(s, i, &got);
         if (want != got)
             return mfd__fail(s, MFD_EVERIFY,
                              "block '%s': digest mismatch (source %016" PRIx64

@@ -1227,18 +1227,6 @@ static int send_device_state(mfd_session *s)
     return 0;
 }
 
-/*
- * XXH3-64 of a block (VERIFY). Without a tracker the memory has not changed
- * since the untouched map was made, so its pages count as the zeros they
- * are, unread; with one they may have been written since.
- */
-static uint64_t block_digest(const mfd_session *s, const mfd_block *b)
-{
-    return mfd__digest_known_zero(
-        b->host, b->length, (uint64_t)s->page_size,
-        s->dirty_tracker == MFD_TRACKER_NONE ? b->untouched : NULL, true);
-}
-
 /* DIGESTS (VERIFY), COMPLETE, then DONE from the destination. */
 static int send_complete(mfd_session *s)
 {
@@ -1246,8 +1234,12 @@ static int send_complete(mfd_session *s)
         uint8_t *d = malloc(8 * (size_t)s->nblocks);
         if (!d)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
-        for (int i = 0; i < s->nblocks; i++)
-            mfd__put_be64(d + 8 * i, block_digest(s, &s->blocks[i]));
+        for (int i = 0; i < s->nblocks; i++) {
+            /* Untouched pages (no tracker: unchanged since) hash as zeros. */
+            uint64_t h;
+            mfd_block_digest(s, i, &h);
+            mfd__put_be64(d + 8 * i, h);
+        }
         int rc = mfd__send_record(s, MFD_REC_DIGESTS, d,
                                   8 * (uint32_t)s->nblocks);
         free(d);

@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <cmocka.h>
 
@@ -478,7 +479,16 @@ static void untouched_case(const char *zpd)
     mfd_block_info bi;
     assert_int_equal(mfd_block_get(d, 0, &bi), 0);
     assert_int_equal(page_present(bi.host, 1), none);
+    /* mfd_block_digest: the same on both sides, and it reads neither. */
+    uint64_t hs, hd;
+    assert_int_equal(mfd_block_digest(s, 0, &hs), 0);
+    assert_int_equal(mfd_block_digest(d, 0, &hd), 0);
+    assert_true(hs == hd);
+    assert_int_equal(page_present(src, 1), none);
+    assert_int_equal(page_present(bi.host, 1), none);
+    assert_int_equal(mfd_block_digest(d, 1, &hd), -MFD_EINVAL);
     compare_ram0(d, src, len);
+    assert_true(hs == XXH3_64bits(src, len));
 
     mfd_stats *a, *b;
     ts_stats_completed(s, d, &a, &b);
