@@ -449,12 +449,15 @@ MFD_API int mfd_block_count(const mfd_session *s);
 MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info);
 
 /**
- * XXH3-64 of block `index`'s memory (what mfd_block_get() shows), as
- * feature VERIFY computes it: pages known to be zero are hashed as zeros
- * without being read (on a destination, pages of memory the library mapped
- * that no data was ever placed in; on a source without a dirty tracker,
- * its untouched and hinted pages), so hashing a large, mostly empty block
- * does not fault it all in. After mfd_incoming() or mfd_migrate() returned.
+ * XXH3-64 of block `index`'s memory (what mfd_block_get() shows). On a
+ * destination whose migration completed, pages of memory the library
+ * mapped that the migration never placed data in are hashed as the zeros
+ * they were mapped as, without being read (as feature VERIFY does), so
+ * hashing a large, mostly empty block does not fault it all in: call it
+ * before anything else writes the memory (before the guest resumes), or
+ * writes into such pages go unseen. Otherwise (a source, a failed
+ * migration, a COLO replica, the caller's own memory) every byte is read.
+ * -MFD_ESTATE when the block has no memory (a setup that failed).
  */
 MFD_API int mfd_block_digest(const mfd_session *s, int index,
                              uint64_t *digest);

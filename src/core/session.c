@@ -843,27 +843,41 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
     return 0;
 }
 
+uint64_t mfd__block_digest(const mfd_session *s, int index, bool known_zero)
+{
+    const mfd_block *b = &s->blocks[index];
+    const uint64_t *map = NULL;
+    bool set_is_zero = false;
+    if (!known_zero || b->replica) {
+        /* Read whole (a COLO secondary's replica always). */
+    } else if (MFD_STAT_GET(s->role) == 2 && b->mapped) {
+        map = b->receivedmap; /* clear: never written since it was mapped */
+    } else if (MFD_STAT_GET(s->role) == 1 &&
+               s->dirty_tracker == MFD_TRACKER_NONE) {
+        map = b->untouched; /* unchanged since the scan (after the pause) */
+        set_is_zero = true;
+    }
+    mfd_block_info info;
+    mfd_block_get(s, index, &info);
+    return mfd__digest_known_zero(info.host, info.length,
+                                  (uint64_t)s->page_size, map, set_is_zero);
+}
+
 MFD_API int mfd_block_digest(const mfd_session *s, int index,
                              uint64_t *digest)
 {
     if (!s || !digest || index < 0 || index >= s->nblocks)
         return -MFD_EINVAL;
-    const mfd_block *b = &s->blocks[index];
-    const uint64_t *map = NULL;
-    bool set_is_zero = false;
-    if (b->replica) {
-        /* A COLO secondary's replica: read whole. */
-    } else if (MFD_STAT_GET(s->role) == 2 && b->mapped) {
-        map = b->receivedmap; /* clear: never written since it was mapped */
-    } else if (MFD_STAT_GET(s->role) == 1 &&
-               s->dirty_tracker == MFD_TRACKER_NONE) {
-        map = b->untouched;
-        set_is_zero = true;
-    }
-    mfd_block_info info;
-    mfd_block_get(s, index, &info);
-    *digest = mfd__digest_known_zero(info.host, info.length,
-                                     (uint64_t)s->page_size, map, set_is_zero);
+    if (!s->blocks[index].host)
+        return -MFD_ESTATE; /* a destination that failed before mapping */
+    /*
+     * Only a destination that completed knows which of its pages were
+     * never written by the migration; a source's memory may have changed
+     * since its scan (a failed migration resumes the writers).
+     */
+    bool completed = MFD_STAT_GET(s->role) == 2 &&
+                     __atomic_load_n(&s->status, __ATOMIC_RELAXED) == 3;
+    *digest = mfd__block_digest(s, index, completed);
     return 0;
 }
 

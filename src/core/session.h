@@ -92,6 +92,16 @@ typedef struct mfd_block {
 enum { MFD_PLACE_READV = 0, MFD_PLACE_UFFD = 1, MFD_PLACE_PWRITE = 2 };
 
 /* A batch of pages of one block, handed from the migration thread. */
+/*
+ * XXH3-64 of block `index` as feature VERIFY computes it (known_zero):
+ * a destination's never-placed pages of memory it mapped, and a source's
+ * untouched and hinted pages without a tracker, are hashed as zeros unread;
+ * known_zero false reads every byte. The caller knows the memory is as the
+ * migration left it.
+ */
+uint64_t mfd__block_digest(const struct mfd_session *s, int index,
+                           bool known_zero);
+
 typedef struct mfd_batch {
     uint32_t block;
     uint32_t num;

@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -723,12 +724,15 @@ static const char *named_file(const mfd_session *s, const char *block)
     return NULL;
 }
 
-/* Opens (creating or truncating) the file a block is received into. */
+/*
+ * Opens (creating) the file a block is received into; the caller empties
+ * it once it knows no other block is in it.
+ */
 static int open_block_file(mfd_session *s, mfd_block *b, const char *path)
 {
     int fd;
     if (path) {
-        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0)
             return mfd__fail(s, MFD_ESYS, "block '%s': create %s: %s",
                              b->name, path, strerror(errno));
@@ -745,8 +749,7 @@ static int open_block_file(mfd_session *s, mfd_block *b, const char *path)
     if (dfd < 0)
         return mfd__fail(s, MFD_ESYS, "incoming directory '%s': %s",
                          s->incoming_dir, strerror(errno));
-    fd = openat(dfd, b->name, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                0644);
+    fd = openat(dfd, b->name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     int e = errno;
     close(dfd);
     if (fd < 0)
@@ -763,7 +766,18 @@ int mfd__map_block(mfd_session *s, mfd_block *b)
         int e;
         if (fd < 0)
             return -1;
-        if (ftruncate(fd, (off_t)b->length) < 0) {
+        /* Two blocks in one file would write over each other. */
+        struct stat st, ot;
+        for (mfd_block *o = s->blocks; o < b && !fstat(fd, &st); o++)
+            if (o->fd >= 0 && !fstat(o->fd, &ot) && ot.st_dev == st.st_dev &&
+                ot.st_ino == st.st_ino) {
+                mfd__sock_close(fd);
+                return mfd__fail(s, MFD_EREFUSED,
+                                 "block '%s': its file already holds block "
+                                 "'%s'",
+                                 b->name, o->name);
+            }
+        if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)b->length) < 0) {
             e = errno;
             mfd__sock_close(fd);
             return mfd__fail(s, MFD_ESYS, "block '%s': size file to %" PRIu64
@@ -1186,7 +1200,7 @@ static int on_digests(mfd_session *s, const uint8_t *body, uint32_t len)
          * fault it all in. The caller's memory is read whole: it is meant
          * to be zero-filled, and this checks it.
          */
-        mfd_block_digest(s, i, &got);
+        got = mfd__block_digest(s, i, true);
         if (want != got)
             return mfd__fail(s, MFD_EVERIFY,
                              "block '%s': digest mismatch (source %016" PRIx64

@@ -1236,9 +1236,7 @@ static int send_complete(mfd_session *s)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         for (int i = 0; i < s->nblocks; i++) {
             /* Untouched pages (no tracker: unchanged since) hash as zeros. */
-            uint64_t h;
-            mfd_block_digest(s, i, &h);
-            mfd__put_be64(d + 8 * i, h);
+            mfd__put_be64(d + 8 * i, mfd__block_digest(s, i, true));
         }
         int rc = mfd__send_record(s, MFD_REC_DIGESTS, d,
                                   8 * (uint32_t)s->nblocks);
