@@ -4,11 +4,12 @@
  *
  * Two checks, both needed:
  * - the mappings (/proc/self/smaps): every byte of the range lies in a
- *   private anonymous mapping (no file behind it: inode 0) that no
- *   userfaultfd serves missing or minor faults for, and that is not I/O or
- *   raw PFN memory. Only there is a page with nothing in the page table a
- *   page of zeros: a file's page may sit in the page cache unmapped, and a
- *   userfaultfd may supply any content on first touch;
+ *   plain private anonymous mapping (no file behind it: inode 0; no special
+ *   mapping such as [vdso]) that no userfaultfd serves missing or minor
+ *   faults for, and that is not I/O or raw PFN memory. Only there is a
+ *   page with nothing in the page table a page of zeros: a file's page may
+ *   sit in the page cache unmapped, a special mapping fills itself in, and
+ *   a userfaultfd may supply any content on first touch;
  * - the page tables (PAGEMAP_SCAN): pages neither present nor swapped
  *   (nothing there: never written, or dropped by MADV_DONTNEED), and
  *   present pages that map the zero page (read, never written). A swap
@@ -30,7 +31,6 @@
 #include "common/util.h"
 #include "ram/bitmap.h"
 #include "ram/pagemap.h"
-
 
 /* Whether a VmFlags line of smaps names one of the two-letter flags. */
 static bool has_flag(const char *line, const char *const *flags)

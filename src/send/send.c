@@ -1234,10 +1234,9 @@ static int send_complete(mfd_session *s)
         uint8_t *d = malloc(8 * (size_t)s->nblocks);
         if (!d)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
-        for (int i = 0; i < s->nblocks; i++) {
-            /* Untouched pages (no tracker: unchanged since) hash as zeros. */
+        /* Untouched pages (no tracker: unchanged since) hash as zeros. */
+        for (int i = 0; i < s->nblocks; i++)
             mfd__put_be64(d + 8 * i, mfd__block_digest(s, i, true));
-        }
         int rc = mfd__send_record(s, MFD_REC_DIGESTS, d,
                                   8 * (uint32_t)s->nblocks);
         free(d);
