@@ -395,7 +395,7 @@ MFD_API int mfd_add_block(mfd_session *s, const char *name, void *host,
  * tracker, until it has started, after which writes are tracked. Before
  * mfd_migrate(), from the thread setting the session up; may be called
  * many times. Feature VERIFY hashes these pages as zeros too (without a
- * tracker), so it does not read them either.
+ * tracker), so it does not read them either, nor catch a wrong hint.
  */
 MFD_API int mfd_block_zero_hint(mfd_session *s, int block, uint64_t offset,
                                 uint64_t length);
