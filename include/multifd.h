@@ -450,9 +450,9 @@ MFD_API int mfd_block_get(const mfd_session *s, int index, mfd_block_info *info)
 
 /**
  * XXH3-64 of block `index`'s memory (what mfd_block_get() shows). On a
- * destination whose migration completed, pages of memory the library
- * mapped that the migration never placed data in are hashed as the zeros
- * they were mapped as, without being read (as feature VERIFY does), so
+ * destination whose migration (or mfd_restore()) completed, pages of
+ * memory the library mapped that it never placed data in are hashed as
+ * the zeros they were mapped as, without being read (as VERIFY does), so
  * hashing a large, mostly empty block does not fault it all in: call it
  * before anything else writes the memory (before the guest resumes), or
  * writes into such pages go unseen. Otherwise (a source, a failed

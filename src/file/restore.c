@@ -393,6 +393,18 @@ int mfd__restore(mfd_session *s, const char *uri)
         __atomic_store_n(&s->status, 2, __ATOMIC_RELAXED);
         rc = run_threads(s);
     }
+    /*
+     * The file's bitmaps say which pages were written: in memory this
+     * session mapped, the rest are still the zeros they were mapped as,
+     * which mfd_block_digest() then need not read (as after a migration).
+     */
+    for (int i = 0; !rc && !mfd__failed(s) && i < s->nblocks; i++) {
+        mfd_block *b = &s->blocks[i];
+        if (b->mapped && !b->receivedmap) {
+            b->receivedmap = s->snap->map[i];
+            s->snap->map[i] = NULL;
+        }
+    }
     mfd__session_release_runtime(s);
     mfd__placement_done(s);
     mfd__snap_free(s);
