@@ -768,7 +768,8 @@ int mfd__map_block(mfd_session *s, mfd_block *b)
             return -1;
         /* Two blocks in one file would write over each other. */
         struct stat st, ot;
-        for (mfd_block *o = s->blocks; o < b && !fstat(fd, &st); o++)
+        bool known = fstat(fd, &st) == 0;
+        for (mfd_block *o = s->blocks; known && o < b; o++)
             if (o->fd >= 0 && !fstat(o->fd, &ot) && ot.st_dev == st.st_dev &&
                 ot.st_ino == st.st_ino) {
                 mfd__sock_close(fd);

@@ -601,6 +601,12 @@ static int dirty_all(mfd_session *s)
  * tracker, after the pause, when the memory no longer changes. Not with
  * zero-page-detection none, which sends every page as data.
  */
+static void drop_untouched(mfd_block *b)
+{
+    free(b->untouched);
+    b->untouched = NULL;
+}
+
 static int scan_untouched(mfd_session *s)
 {
     if (s->zpd == MFD_ZPD_NONE)
@@ -617,16 +623,14 @@ static int scan_untouched(mfd_session *s)
     }
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];
-        free(b->untouched);
-        b->untouched = NULL;
+        drop_untouched(b);
         if (b->src != b->host || !(b->untouched = mfd__bitmap_new(b->pages)))
             continue; /* out of memory: the pages are read, that is all */
         int64_t found = mfd__untouched_pages(b->host, b->length,
                                              (uint32_t)s->page_size,
                                              b->untouched);
         if (!mfd__untouched_worth(found, b->pages)) {
-            free(b->untouched);
-            b->untouched = NULL;
+            drop_untouched(b);
             continue;
         }
         r[n] = (mfd__range){(uintptr_t)b->host, (uintptr_t)b->host + b->length};
@@ -635,13 +639,9 @@ static int scan_untouched(mfd_session *s)
     /* One read of /proc/self/smaps for all the blocks that need it. */
     if (n)
         mfd__untouched_plain(r, n, plain);
-    for (int k = 0; k < n; k++) {
-        mfd_block *b = &s->blocks[idx[k]];
-        if (!plain[k]) {
-            free(b->untouched);
-            b->untouched = NULL;
-        }
-    }
+    for (int k = 0; k < n; k++)
+        if (!plain[k])
+            drop_untouched(&s->blocks[idx[k]]);
     /* And the caller's word (mfd_block_zero_hint): holes of a file, say. */
     for (int i = 0; i < s->nblocks; i++) {
         mfd_block *b = &s->blocks[i];

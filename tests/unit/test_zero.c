@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "ram/bitmap.h"
+#include "ram/pagemap.h"
 #include "ram/untouched.h"
 #include "ram/zero.h"
 
@@ -193,11 +194,11 @@ static void test_exact_allocation(void **state)
 /* Whether the kernel has PAGEMAP_SCAN (Linux 6.7): an empty scan answers. */
 static bool have_pagemap_scan(void)
 {
-    uint64_t arg[12] = {sizeof(arg)};
+    struct pm_scan_arg arg = {.size = sizeof(arg)};
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
-    int rc = ioctl(fd, _IOWR('f', 16, uint64_t[12]), arg);
+    int rc = ioctl(fd, PAGEMAP_SCAN, &arg);
     int e = errno;
     close(fd);
     return rc >= 0 || e != ENOTTY;
