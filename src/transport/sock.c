@@ -130,12 +130,13 @@ int mfd__sock_lowat_init(int fd)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     int one = 1;
-    if (fd < 0 || mfd__tls_of(fd) ||
-        getsockname(fd, (struct sockaddr *)&ss, &sl) ||
-        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
-        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)))
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
         return 0;
-    return 1;
+    void *tls = mfd__tls_of(fd);
+    if (tls) /* the mark is the read-ahead's (tls.c) */
+        return mfd__tls_readahead(tls);
+    return !setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 }
 
 /* Gives fd the mark want (> 0); false if fd is read plainly (*lowat 0). */
@@ -173,6 +174,14 @@ static ssize_t read_marked(int fd, struct iovec *iov, int iovcnt)
             return -1;
         }
     }
+}
+
+ssize_t mfd__sock_read_lowat(int fd, int *lowat, void *buf, size_t len,
+                             size_t need)
+{
+    struct iovec v = {buf, len};
+    return lowat_set(fd, lowat, need) ? read_marked(fd, &v, 1)
+                                      : read(fd, buf, len);
 }
 
 static void sock_tune(int fd, int family)
@@ -440,8 +449,12 @@ static int read_full(int fd, int *lowat, int wake_fd, void *buf, size_t len,
     if (timeout_ms == 0)
         deadline = 1; /* already passed */
     void *tls = mfd__tls_of(fd);
+    bool promise = tls && lowat && *lowat;
+    int rc = MFD_IO_OK;
     while (done < len) {
         bool marked = !tls && lowat_set(fd, lowat, len - done);
+        if (promise)
+            mfd__tls_promise(tls, len - done);
         if (deadline || wake_fd >= 0) {
             int w = wait_io(fd, POLLIN, wake_fd, deadline);
             if (w)
@@ -454,12 +467,16 @@ static int read_full(int fd, int *lowat, int wake_fd, void *buf, size_t len,
         if (n > 0) {
             done += (size_t)n;
         } else if (n == 0) {
-            return done ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+            rc = done ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+            break;
         } else if (errno != EINTR) {
-            return MFD_IO_ERROR;
+            rc = MFD_IO_ERROR;
+            break;
         }
     }
-    return MFD_IO_OK;
+    if (promise)
+        mfd__tls_promise(tls, 0);
+    return rc;
 }
 
 int mfd__read_full_wake(int fd, int wake_fd, void *buf, size_t len,
@@ -502,10 +519,13 @@ int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt)
     int i = 0;
     size_t got = 0, want = 0;
     void *tls = mfd__tls_of(fd);
-    for (int k = 0; !tls && lowat && *lowat && k < iovcnt; k++)
+    int rc = MFD_IO_OK;
+    for (int k = 0; lowat && *lowat && k < iovcnt; k++)
         want += iov[k].iov_len; /* only a marked read needs the total */
     while (i < iovcnt) {
         int cnt = MFD_IOV_BATCH(iovcnt - i);
+        if (tls && want)
+            mfd__tls_promise(tls, want - got);
         ssize_t n = tls ? mfd__tls_read(tls, iov[i].iov_base, iov[i].iov_len)
                     : lowat_set(fd, lowat, want - got)
                         ? read_marked(fd, iov + i, cnt)
@@ -514,15 +534,19 @@ int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt)
             got += (size_t)n;
             i = iov_advance(iov, iovcnt, i, (size_t)n);
         } else if (n == 0) {
-            return got ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+            rc = got ? MFD_IO_TRUNCATED : MFD_IO_EOF;
+            break;
         } else if (errno != EINTR) {
-            return MFD_IO_ERROR;
+            rc = MFD_IO_ERROR;
+            break;
         }
         /* Skip empty entries so readv never returns 0 for a full array. */
         while (i < iovcnt && iov[i].iov_len == 0)
             i++;
     }
-    return MFD_IO_OK;
+    if (tls && want)
+        mfd__tls_promise(tls, 0);
+    return rc;
 }
 
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)

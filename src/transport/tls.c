@@ -15,6 +15,7 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,120 @@ static ssize_t push_vec(gnutls_transport_ptr_t p, const giovec_t *iov,
     return sendmsg((int)(intptr_t)p, &m, MSG_NOSIGNAL | push_flags);
 }
 
+/* ---- read-ahead --------------------------------------------------------- */
+
+/*
+ * GnuTLS reads a record's header and then its body, each with a read of
+ * the socket that returns as soon as any of it is there: about two reads
+ * and a wake-up per 16 KiB record. A destination's data channel knows how
+ * many plaintext bytes its peer owes it next (the rest of a header or of
+ * a payload), so it waits with the receive low-water mark of sock.c until
+ * the ciphertext of nearly all of them is there, takes it in one read into
+ * a buffer of its own, and hands it to GnuTLS from there.
+ *
+ * The mark never asks for more than the peer must send: GnuTLS asks the
+ * transport only for bytes of the record it is reading, and of the bytes
+ * promised, those of that record may already be with GnuTLS (at most one
+ * record's plaintext: RA_SLACK). A session with read-ahead has this as its
+ * receive pointer and the fd as its send pointer (gnutls_transport_set_ptr2).
+ */
+#define RA_BYTES (1u << 20)
+#define RA_SLACK 16384u
+
+typedef struct {
+    int fd;
+    int mark;        /* SO_RCVLOWAT now on fd */
+    size_t promised; /* plaintext bytes the reader is owed next */
+    size_t head, tail;
+    uint8_t buf[RA_BYTES];
+} tls_ra;
+
+static tls_ra *ra_of(gnutls_session_t sess)
+{
+    gnutls_transport_ptr_t r, w;
+    gnutls_transport_get_ptr2(sess, &r, &w);
+    return r != w ? r : NULL;
+}
+
+static int ra_fd(gnutls_session_t sess)
+{
+    gnutls_transport_ptr_t r, w;
+    gnutls_transport_get_ptr2(sess, &r, &w);
+    return (int)(intptr_t)w;
+}
+
+/* Fills the empty buffer with what is there, or waits for `need` bytes. */
+static ssize_t ra_fill(tls_ra *ra, size_t need)
+{
+    ra->head = ra->tail = 0;
+    ssize_t n;
+    do
+        n = mfd__sock_read_lowat(ra->fd, &ra->mark, ra->buf, RA_BYTES, need);
+    while (n < 0 && errno == EINTR);
+    if (n > 0)
+        ra->tail = (size_t)n;
+    return n;
+}
+
+static ssize_t ra_pull(gnutls_transport_ptr_t p, void *data, size_t len)
+{
+    tls_ra *ra = p;
+    if (ra->head == ra->tail) {
+        size_t need = ra->promised > RA_SLACK ? ra->promised - RA_SLACK : 0;
+        ssize_t n = ra_fill(ra, need > len ? need : len);
+        if (n <= 0)
+            return n;
+    }
+    size_t n = ra->tail - ra->head < len ? ra->tail - ra->head : len;
+    memcpy(data, ra->buf + ra->head, n);
+    ra->head += n;
+    return (ssize_t)n;
+}
+
+static int ra_pull_timeout(gnutls_transport_ptr_t p, unsigned int ms)
+{
+    tls_ra *ra = p;
+    if (ra->head != ra->tail)
+        return 1;
+    /* The mark is the reader's: any byte counts here. */
+    int one = 1;
+    if (ra->mark != 1 &&
+        !setsockopt(ra->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)))
+        ra->mark = 1;
+    struct pollfd pf = {.fd = ra->fd, .events = POLLIN};
+    return poll(&pf, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
+}
+
+int mfd__tls_readahead(void *t)
+{
+    gnutls_session_t sess = t;
+    if (ra_of(sess))
+        return 1;
+    tls_ra *ra = malloc(sizeof(*ra));
+    if (!ra)
+        return 0;
+    ra->fd = ra_fd(sess);
+    ra->mark = 1;
+    ra->promised = 0;
+    ra->head = ra->tail = 0;
+    if (setsockopt(ra->fd, SOL_SOCKET, SO_RCVLOWAT, &ra->mark,
+                   sizeof(ra->mark))) {
+        free(ra);
+        return 0;
+    }
+    gnutls_transport_set_ptr2(sess, ra, (gnutls_transport_ptr_t)(intptr_t)ra->fd);
+    gnutls_transport_set_pull_function(sess, ra_pull);
+    gnutls_transport_set_pull_timeout_function(sess, ra_pull_timeout);
+    return 1;
+}
+
+void mfd__tls_promise(void *t, size_t plaintext)
+{
+    tls_ra *ra = ra_of(t);
+    if (ra)
+        ra->promised = plaintext;
+}
+
 void mfd__tls_forget(int fd, bool bye)
 {
     gnutls_session_t sess = mfd__tls_of(fd);
@@ -87,7 +202,9 @@ void mfd__tls_forget(int fd, bool bye)
         gnutls_bye(sess, GNUTLS_SHUT_WR);
         push_flags = 0;
     }
+    tls_ra *ra = ra_of(sess);
     gnutls_deinit(sess);
+    free(ra);
 }
 
 ssize_t mfd__tls_read(void *t, void *buf, size_t len)
@@ -109,7 +226,7 @@ ssize_t mfd__tls_read(void *t, void *buf, size_t len)
 /* gnutls_record_send; blocking, or (nb) -1 with errno EAGAIN when full. */
 static ssize_t tls_send(void *t, const void *buf, size_t len, bool nb)
 {
-    int fd = (int)(intptr_t)gnutls_transport_get_ptr(t);
+    int fd = ra_fd(t);
     for (;;) {
         uint64_t t0 = mfd__now_us();
         push_flags = nb ? MSG_DONTWAIT : 0;
@@ -147,7 +264,8 @@ ssize_t mfd__tls_write_nb(void *t, const void *buf, size_t len)
 
 bool mfd__tls_pending(void *t)
 {
-    return gnutls_record_check_pending(t) > 0;
+    tls_ra *ra = ra_of(t);
+    return gnutls_record_check_pending(t) > 0 || (ra && ra->head != ra->tail);
 }
 
 /* ---- credentials -------------------------------------------------------- */

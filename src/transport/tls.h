@@ -53,6 +53,17 @@ ssize_t mfd__tls_write(void *t, const void *buf, size_t len);
  * call again with the same buffer and length once it is writable.
  */
 ssize_t mfd__tls_write_nb(void *t, const void *buf, size_t len);
+/* Decrypted bytes, or read-ahead ciphertext, wait to be read. */
 bool mfd__tls_pending(void *t);
+/*
+ * A destination's data channel: reads go through a read-ahead buffer that
+ * waits, with the receive low-water mark, for what the reader promised
+ * (mfd__tls_promise) instead of reading record by record. Only for a
+ * socket that nothing polls or reads but the *_lowat calls of sock.c
+ * (transport.h). 1 when on, 0 when it could not be set up (plain reads).
+ */
+int mfd__tls_readahead(void *t);
+/* The plaintext bytes the reader is owed next (0: none promised). */
+void mfd__tls_promise(void *t, size_t plaintext);
 
 #endif

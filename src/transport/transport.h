@@ -61,12 +61,20 @@ int mfd__sock_accept(int lfd);
 
 /*
  * The mark a socket's *_lowat reads start from (its reader keeps it, one
- * int beside the fd): 1 for a plaintext TCP socket, whose *_lowat reads
- * then wait until all they need is there and take it in one call
- * (SO_RCVLOWAT; sock.c says why), 0 for any other, read plainly. Nothing but *_lowat reads may wait
- * on a socket whose mark is not 0: the mark stays on it between reads.
+ * int beside the fd): 1 for a TCP socket, whose *_lowat reads then wait
+ * until all they need is there and take it in one call (SO_RCVLOWAT;
+ * sock.c says why; with TLS, through the session's read-ahead, tls.h), 0
+ * for any other, read plainly. Nothing but *_lowat reads may wait on a
+ * socket whose mark is not 0: the mark stays on it between reads.
  */
 int mfd__sock_lowat_init(int fd);
+/*
+ * One read of up to len bytes of a socket with a mark (*lowat as above):
+ * what is there now, or else, after one wake-up, at least `need` bytes
+ * (need <= what the peer must still send). Returns as read() does.
+ */
+ssize_t mfd__sock_read_lowat(int fd, int *lowat, void *buf, size_t len,
+                             size_t need);
 
 /* Results of the *_full calls. */
 enum {
