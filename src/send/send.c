@@ -1014,9 +1014,81 @@ static int handshake(mfd_session *s, const mfd_uri *u)
     return 0;
 }
 
+typedef struct {
+    mfd_send_chan *ch;
+    const mfd_uri *u;
+    pthread_t thread;
+    bool started;
+} chan_connect;
+
+/* One data channel: the connection, TLS, the init message. */
+static void *connect_channel(void *arg)
+{
+    chan_connect *c = arg;
+    mfd_send_chan *ch = c->ch;
+    mfd_session *s = ch->s;
+    char err[512], what[32];
+    int fd = mfd__sock_connect(c->u, s->wake_fd, (int)s->handshake_timeout,
+                               err, sizeof(err));
+    if (fd < 0) {
+        mfd__fail(s, errno == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_ESYS,
+                  "channel %u: %s", ch->id, err);
+        return NULL;
+    }
+    mfd__sock_set_timeout(fd, (int)s->network_timeout);
+    mfd__set_chan_fd(s, &ch->fd, fd);
+    snprintf(what, sizeof(what), "channel %u", ch->id);
+    if (tls_connect(s, c->u, fd, what))
+        return NULL;
+    if (s->zero_copy_send && mfd__zc_enable(fd)) {
+        mfd__fail(s, MFD_EUNSUPPORTED,
+                  "channel %u: zero-copy-send: SO_ZEROCOPY: %s (it needs a "
+                  "TCP connection)",
+                  ch->id, strerror(errno));
+        return NULL;
+    }
+    uint8_t init[MFD_INIT_LEN];
+    mfd__init_encode(init, s->uuid, (uint8_t)ch->id);
+    int rc = mfd__write_full(fd, init, sizeof(init));
+    if (rc != MFD_IO_OK) {
+        mfd__fail(s, MFD_ESYS, "channel %u: init: %s", ch->id,
+                  mfd__io_strerror(rc));
+        return NULL;
+    }
+    MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
+    return NULL;
+}
+
+/*
+ * Connects the data channels side by side, as QEMU's multifd does: each
+ * TLS handshake costs round trips and public-key operations, so one after
+ * another they add up (two channels on loopback: 50-110 ms of setup with
+ * TLS), and over a long link all the more. A channel whose thread could
+ * not start connects on this thread.
+ */
+static int connect_channels(mfd_session *s, const mfd_uri *u)
+{
+    uint32_t n = s->nchan;
+    chan_connect *c = calloc(n, sizeof(*c));
+    if (!c)
+        return mfd__fail(s, MFD_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        c[i].ch = &s->sc[i];
+        c[i].u = u;
+        c[i].started = n > 1 && !pthread_create(&c[i].thread, NULL,
+                                                connect_channel, &c[i]);
+        if (!c[i].started)
+            connect_channel(&c[i]);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (c[i].started)
+            pthread_join(c[i].thread, NULL);
+    free(c);
+    return mfd__failed(s) ? -1 : 0;
+}
+
 static int channels_setup(mfd_session *s, const mfd_uri *u)
 {
-    char err[512];
     uint32_t n = (uint32_t)s->channels;
     size_t plen = mfd__packet_len(s->ppp);
 
@@ -1055,34 +1127,9 @@ static int channels_setup(mfd_session *s, const mfd_uri *u)
             return mfd__fail(s, MFD_ENOMEM, "out of memory");
         if (s->mops->send_setup(ch))
             return -1;
-        if (s->snap)
-            continue; /* the channel writes the snapshot file */
-        int fd = mfd__sock_connect(u, s->wake_fd, (int)s->handshake_timeout,
-                                   err, sizeof(err));
-        if (fd < 0)
-            return mfd__fail(s, errno == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_ESYS,
-                             "channel %u: %s", i, err);
-        mfd__sock_set_timeout(fd, (int)s->network_timeout);
-        mfd__set_chan_fd(s, &ch->fd, fd);
-        char what[32];
-        snprintf(what, sizeof(what), "channel %u", i);
-        if (tls_connect(s, u, fd, what))
-            return -1;
-        if (s->zero_copy_send && mfd__zc_enable(fd))
-            return mfd__fail(s, MFD_EUNSUPPORTED,
-                             "channel %u: zero-copy-send: SO_ZEROCOPY: %s "
-                             "(it needs a TCP connection)",
-                             i, strerror(errno));
-        uint8_t init[MFD_INIT_LEN];
-        mfd__init_encode(init, s->uuid, (uint8_t)i);
-        int rc = mfd__write_full(fd, init, sizeof(init));
-        if (rc != MFD_IO_OK)
-            return mfd__fail(s, MFD_ESYS, "channel %u: init: %s", i,
-                             mfd__io_strerror(rc));
-        MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
-        if (mfd__failed(s))
-            return -1;
     }
+    if (!s->snap && connect_channels(s, u))
+        return -1;
     for (uint32_t i = 0; i < n; i++) {
         if (pthread_create(&s->sc[i].thread, NULL, send_thread, &s->sc[i]))
             return mfd__fail(s, MFD_ESYS, "pthread_create failed");
