@@ -180,8 +180,10 @@ ssize_t mfd__sock_read_lowat(int fd, int *lowat, void *buf, size_t len,
                              size_t need)
 {
     struct iovec v = {buf, len};
-    return lowat_set(fd, lowat, need) ? read_marked(fd, &v, 1)
-                                      : read(fd, buf, len);
+    if (lowat_set(fd, lowat, need))
+        return read_marked(fd, &v, 1);
+    /* A mark that could not be set may leave an older one: wait for no more. */
+    return read(fd, buf, need && need < len ? need : len);
 }
 
 static void sock_tune(int fd, int family)
@@ -457,8 +459,10 @@ static int read_full(int fd, int *lowat, int wake_fd, void *buf, size_t len,
             mfd__tls_promise(tls, len - done);
         if (deadline || wake_fd >= 0) {
             int w = wait_io(fd, POLLIN, wake_fd, deadline);
-            if (w)
-                return w;
+            if (w) {
+                rc = w;
+                break;
+            }
         }
         struct iovec v = {(char *)buf + done, len - done};
         ssize_t n = tls      ? mfd__tls_read(tls, v.iov_base, v.iov_len)

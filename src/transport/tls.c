@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -136,7 +137,8 @@ static ssize_t ra_pull(gnutls_transport_ptr_t p, void *data, size_t len)
     tls_ra *ra = p;
     if (ra->head == ra->tail) {
         size_t need = ra->promised > RA_SLACK ? ra->promised - RA_SLACK : 0;
-        ssize_t n = ra_fill(ra, need > len ? need : len);
+        need = need > len ? need : len;
+        ssize_t n = ra_fill(ra, need < RA_BYTES ? need : RA_BYTES);
         if (n <= 0)
             return n;
     }
@@ -165,6 +167,9 @@ int mfd__tls_readahead(void *t)
     gnutls_session_t sess = t;
     if (ra_of(sess))
         return 1;
+    /* Kernel TLS reads the socket itself, by the receive pointer. */
+    if (gnutls_transport_is_ktls_enabled(sess) & GNUTLS_KTLS_RECV)
+        return 0;
     tls_ra *ra = malloc(sizeof(*ra));
     if (!ra)
         return 0;
