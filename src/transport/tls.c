@@ -182,7 +182,8 @@ int mfd__tls_readahead(void *t)
         free(ra);
         return 0;
     }
-    gnutls_transport_set_ptr2(sess, ra, (gnutls_transport_ptr_t)(intptr_t)ra->fd);
+    gnutls_transport_set_ptr2(sess, ra,
+                              (gnutls_transport_ptr_t)(intptr_t)ra->fd);
     gnutls_transport_set_pull_function(sess, ra_pull);
     gnutls_transport_set_pull_timeout_function(sess, ra_pull_timeout);
     return 1;
