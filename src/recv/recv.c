@@ -379,6 +379,12 @@ static int accept_one(mfd_session *s)
  * to be stalled), so a crowd of strangers cannot keep a source out.
  */
 #define VET_MAX 16
+/*
+ * During channel setup the channels still missing may be in vetting on top
+ * of VET_MAX: a source may connect all its channels at once (255 at most),
+ * and evicting one of them would fail the session.
+ */
+#define VET_ALL (VET_MAX + 255)
 
 typedef struct vet {
     mfd_session *s;
@@ -395,8 +401,9 @@ typedef struct vet {
 } vet;
 
 typedef struct vetting {
-    vet *v[2 * VET_MAX]; /* evicted ones stay until their thread is done */
+    vet *v[2 * VET_ALL]; /* evicted ones stay until their thread is done */
     int n, live;         /* all, and those not evicted */
+    int cap;             /* live ones before the oldest is evicted */
     int efd;
 } vetting;
 
@@ -432,7 +439,7 @@ static void *vet_main(void *arg)
     __atomic_store_n(&v->done, true, __ATOMIC_RELEASE);
     uint64_t one = 1;
     if (write(v->efd, &one, sizeof(one)) < 0) {
-        /* The counter cannot overflow with 2 * VET_MAX writers. */
+        /* The counter cannot overflow with 2 * VET_ALL writers. */
     }
     return NULL;
 }
@@ -440,6 +447,7 @@ static void *vet_main(void *arg)
 static int vetting_start(mfd_session *s, vetting *vt)
 {
     memset(vt, 0, sizeof(*vt));
+    vt->cap = VET_MAX;
     vt->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (vt->efd < 0)
         return mfd__fail(s, MFD_ESYS, "eventfd: %s", strerror(errno));
@@ -472,7 +480,7 @@ static void vetting_end(mfd_session *s, vetting *vt, const char *when)
 /* Starts vetting a connection just accepted; evicts the oldest if full. */
 static void vet_begin(mfd_session *s, vetting *vt, int fd)
 {
-    if (vt->live >= VET_MAX) {
+    if (vt->live >= vt->cap) {
         vet *old = NULL;
         for (int i = 0; i < vt->n; i++)
             if (!vt->v[i]->evicted && (!old || vt->v[i]->t0 < old->t0))
@@ -532,7 +540,7 @@ static vet *vetted_next(mfd_session *s, vetting *vt, int main_fd,
         struct pollfd p[4] = {
             {.fd = s->wake_fd, .events = POLLIN},
             {.fd = vt->efd, .events = POLLIN},
-            {.fd = vt->n < 2 * VET_MAX ? s->listen_fd : -1, .events = POLLIN},
+            {.fd = vt->n < 2 * vt->cap ? s->listen_fd : -1, .events = POLLIN},
             {.fd = main_fd, .events = POLLRDHUP},
         };
         int rc = poll(p, 4, tmo);
@@ -976,6 +984,7 @@ static int accept_data(mfd_session *s, vetting *vt, uint32_t n, size_t plen)
     uint64_t deadline = mfd__now_us() + (uint64_t)s->handshake_timeout * 1000;
     char what[160];
     while (connected < n) {
+        vt->cap = VET_MAX + (int)(n - connected);
         snprintf(what, sizeof(what),
                  "data channels: %u of %u connected within %" PRId64
                  " ms of READY (handshake-timeout)",

@@ -148,6 +148,11 @@ ok x509-4ch-zstd "--tls-creds $P/srv" --tls-creds "$P/cli" --channels 4 \
     --multifd-compression zstd
 refused x509-wrong-host "does not match" "--tls-creds $P/srv" \
     --tls-creds "$P/cli" --tls-hostname other.example
+# More channels than the destination vets at once (16): the source connects
+# them side by side; none may be evicted as a stranger (TLS, and plaintext,
+# whose init messages come faster than the vetting threads read them).
+ok x509-40ch "--tls-creds $P/srv" --tls-creds "$P/cli" --channels 40
+ok plaintext-64ch "" --channels 64
 ok x509-anon-allowed "--tls-creds $P/srv --tls-verify-peer off" --tls-creds "$P/anon"
 refused x509-anon-refused "refused this source's certificate" "--tls-creds $P/srv" --tls-creds "$P/anon"
 if grep -q "no certificate\|certificate" "$E2E_TMP/x509-anon-refused.recv.err"; then
