@@ -1055,6 +1055,10 @@ static void connect_channel(mfd_session *s, const mfd_uri *u,
                   mfd__io_strerror(rc));
         return;
     }
+    /* From here this thread only writes whole packets: our own records. */
+    void *tls = mfd__tls_of(fd);
+    if (tls)
+        mfd__tls_direct_send(tls);
     MFD_STAT_ADD(ch->st.bytes, MFD_INIT_LEN);
 }
 

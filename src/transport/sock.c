@@ -559,28 +559,6 @@ int mfd__writev_full(int fd, struct iovec *iov, int iovcnt)
 }
 
 /*
- * TLS: each iovec as records of its own. (Measured and dropped: GnuTLS
- * corking, which copies everything into its buffer first, 0.90 against
- * 1.03 GB/s on 2 channels; TCP_CORK around a packet's records, within the
- * noise.)
- */
-static int tls_writev(void *tls, struct iovec *iov, int iovcnt)
-{
-    for (int i = 0; i < iovcnt; i++) {
-        const char *p = iov[i].iov_base;
-        size_t left = iov[i].iov_len;
-        while (left) {
-            ssize_t n = mfd__tls_write(tls, p, left);
-            if (n < 0)
-                return MFD_IO_ERROR;
-            p += n;
-            left -= (size_t)n;
-        }
-    }
-    return MFD_IO_OK;
-}
-
-/*
  * The kernel gives each wait for buffer space the whole send timeout, so a
  * send cut short by it has already waited that long without progress;
  * counting the part as progress would let the next send wait the whole
@@ -600,8 +578,12 @@ bool mfd__send_timed_out(int fd, uint64_t t0_us)
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags)
 {
     void *tls = mfd__tls_of(fd);
-    if (tls)
-        return tls_writev(tls, iov, iovcnt);
+    return tls ? mfd__tls_writev(tls, iov, iovcnt)
+               : mfd__sock_writev(fd, iov, iovcnt, flags);
+}
+
+int mfd__sock_writev(int fd, struct iovec *iov, int iovcnt, int flags)
+{
     int i = 0;
     while (i < iovcnt && iov[i].iov_len == 0)
         i++;
@@ -694,6 +676,8 @@ const char *mfd__io_strerror(int rc)
     case MFD_IO_WOKEN:
         return "interrupted: the session failed or was cancelled";
     default:
+        if (errno == EPROTO && mfd__tls_strerror())
+            return mfd__tls_strerror();
         return strerror(errno);
     }
 }

@@ -11,6 +11,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
 #include <sys/types.h>
 
 struct mfd_session;
@@ -47,23 +49,46 @@ void mfd__tls_free(struct mfd_session *s);
 /* For sock.c: the fd's TLS session or NULL, and its I/O. */
 void *mfd__tls_of(int fd);
 ssize_t mfd__tls_read(void *t, void *buf, size_t len);
-ssize_t mfd__tls_write(void *t, const void *buf, size_t len);
+/* Writes every iovec (blocking); MFD_IO_OK or MFD_IO_ERROR with errno. */
+int mfd__tls_writev(void *t, struct iovec *iov, int iovcnt);
 /*
- * The same without blocking: -1 with errno EAGAIN when the socket is full;
- * call again with the same buffer and length once it is writable.
+ * The same without blocking, one buffer: -1 with errno EAGAIN when the
+ * socket is full; call again with the same buffer and length once it is
+ * writable. Not on a session that seals its own records.
  */
 ssize_t mfd__tls_write_nb(void *t, const void *buf, size_t len);
 /* Decrypted bytes, or read-ahead ciphertext, wait to be read. */
 bool mfd__tls_pending(void *t);
 /*
+ * Why the calling thread's last TLS read or write that failed with EPROTO
+ * failed (a TLS alert, a record that failed authentication...), or NULL.
+ */
+const char *mfd__tls_strerror(void);
+/*
  * A destination's data channel: reads go through a read-ahead buffer that
  * waits, with the receive low-water mark, for what the reader promised
- * (mfd__tls_promise) instead of reading record by record. Only for a
- * socket that nothing polls or reads but the *_lowat calls of sock.c
- * (transport.h). 1 when on, 0 when it could not be set up (plain reads).
+ * (mfd__tls_promise) instead of reading record by record; with TLS 1.3 the
+ * records are then opened by our own record layer (tls_record.h) straight
+ * into the reader's buffer. Only for a socket that nothing polls or reads
+ * but the *_lowat calls of sock.c (transport.h). 1 when on, 0 when it
+ * could not be set up (plain reads).
  */
 int mfd__tls_readahead(void *t);
 /* The plaintext bytes the reader is owed next (0: none promised). */
 void mfd__tls_promise(void *t, size_t plaintext);
+/*
+ * A source's data channel, once its init message is out: with TLS 1.3 its
+ * records are sealed by our own record layer, a buffer of them per send,
+ * instead of by GnuTLS one send each. Only for a socket written by nothing
+ * but blocking writes and never read. 1 when on, 0 when GnuTLS keeps it.
+ */
+int mfd__tls_direct_send(void *t);
+/* Which directions our own record layer runs: 1 reading, 2 writing. */
+int mfd__tls_direct(void *t);
+/*
+ * Tests: the records sealed under one key before a KeyUpdate (2^24). Set
+ * before any channel starts.
+ */
+void mfd__tls_set_rekey(uint64_t records);
 
 #endif

@@ -110,6 +110,8 @@ int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt);
 int mfd__writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Same with extra sendmsg flags (MSG_MORE when another write follows). */
 int mfd__writev_full_flags(int fd, struct iovec *iov, int iovcnt, int flags);
+/* The same on the socket itself, never through its TLS session. */
+int mfd__sock_writev(int fd, struct iovec *iov, int iovcnt, int flags);
 /*
  * A blocking send on fd, started at t0_us (mfd__now_us), came back short or
  * with EAGAIN: true if that was its send timeout (SO_SNDTIMEO, set by
