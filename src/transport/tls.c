@@ -131,6 +131,7 @@ static int keylog(gnutls_session_t sess, const char *label,
  * (mfd__tls_strerror), so the channel's error line can name it.
  */
 static __thread const char *last_why;
+static __thread char why_text[160];
 
 const char *mfd__tls_strerror(void)
 {
@@ -139,7 +140,11 @@ const char *mfd__tls_strerror(void)
 
 static ssize_t fail_why(int err, const char *why)
 {
-    last_why = why;
+    last_why = NULL;
+    if (why) {
+        snprintf(why_text, sizeof(why_text), "TLS: %s", why);
+        last_why = why_text;
+    }
     errno = err;
     return -1;
 }
