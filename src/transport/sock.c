@@ -526,6 +526,9 @@ int mfd__readv_full_lowat(int fd, int *lowat, struct iovec *iov, int iovcnt)
     int rc = MFD_IO_OK;
     for (int k = 0; lowat && *lowat && k < iovcnt; k++)
         want += iov[k].iov_len; /* only a marked read needs the total */
+    /* A TLS read fills iov[i] alone, and reads nothing into an empty one. */
+    while (i < iovcnt && iov[i].iov_len == 0)
+        i++;
     while (i < iovcnt) {
         int cnt = MFD_IOV_BATCH(iovcnt - i);
         if (tls && want)
