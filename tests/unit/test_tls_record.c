@@ -87,6 +87,7 @@
 #include <cmocka.h>
 
 #include "multifd.h"
+#include "tls_support.h"
 #include "transport/tls.h"
 #include "transport/tls_record.h"
 #include "transport/transport.h"
@@ -305,56 +306,7 @@ static void *peer_main(void *arg)
     return NULL;
 }
 
-/*
- * A connected loopback TCP pair (the port from a bind to 0), our end
- * accepted as the destination accepts its channels.
- */
-static void tcp_pair(int *pfd, int *ofd)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    int one = 1;
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(lfd >= 0);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(lfd, 1), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
-    *pfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(*pfd >= 0);
-    setsockopt(*pfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    assert_int_equal(connect(*pfd, (struct sockaddr *)&a, al), 0);
-    *ofd = mfd__sock_accept(lfd);
-    assert_true(*ofd >= 0);
-    close(lfd);
-}
 
-/*
- * Gives our session the test's key: a keys file in a directory of its
- * own, removed again once the session has loaded it.
- */
-static void load_psk(mfd_session *ms, bool server)
-{
-    static const char hex[] = "0123456789abcdef";
-    char line[sizeof(PSK_NAME) + 2 * sizeof(psk_bytes) + 2];
-    size_t n = (size_t)snprintf(line, sizeof(line), "%s:", PSK_NAME);
-    for (size_t i = 0; i < sizeof(psk_bytes); i++) {
-        line[n++] = hex[psk_bytes[i] >> 4];
-        line[n++] = hex[psk_bytes[i] & 15];
-    }
-    line[n++] = '\n';
-    char dir[] = "/tmp/mfd-tlsrec-XXXXXX", path[sizeof(dir) + 16];
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/keys.psk", dir);
-    FILE *f = fopen(path, "w");
-    bool ok = f && fwrite(line, 1, n, f) == n;
-    ok = f && !fclose(f) && ok;
-    ok = ok && !mfd_set_tls_psk(ms, path) && !mfd__tls_setup(ms, server);
-    unlink(path);
-    rmdir(dir);
-    if (!ok)
-        fail_msg("TLS PSK setup: %s", mfd_last_error(ms));
-}
 
 /*
  * Connects our side to a peer running p's script and handshakes (we are
@@ -371,8 +323,8 @@ static bool pair_start(pair *p, mfd_session **ms, const char *name)
     pthread_mutex_init(&p->lock, NULL);
     *ms = mfd_session_new();
     assert_non_null(*ms);
-    load_psk(*ms, !p->peer_server);
-    tcp_pair(&p->pfd, &p->ofd);
+    tt_load_psk(*ms, PSK_NAME, psk_bytes, sizeof(psk_bytes), !p->peer_server);
+    tt_tcp_pair(&p->pfd, &p->ofd);
     running = name;
     alarm(CASE_LIMIT_S);
     assert_int_equal(pthread_create(&p->thread, NULL, peer_main, p), 0);
