@@ -96,6 +96,7 @@ typedef struct {
     gnutls_keylog_func keylog; /* GnuTLS's own (SSLKEYLOGFILE), still called */
     uint8_t secret[64];
     size_t secret_len;
+    size_t peer_limit; /* content per record the server takes (0: 16384) */
     tls_ra *ra;
     tls_rx *rx; /* the peer's records, opened by us */
     tls_tx *tx; /* ours, sealed by us */
@@ -112,6 +113,13 @@ static int sess_fd(gnutls_session_t sess)
     gnutls_transport_ptr_t r, w;
     gnutls_transport_get_ptr2(sess, &r, &w);
     return (int)(intptr_t)w;
+}
+
+/* Once a channel's directions are settled, its secret is not needed. */
+static void wipe_secret(tls_chan *c)
+{
+    gnutls_memset(c->secret, 0, sizeof(c->secret));
+    c->secret_len = 0;
 }
 
 static int keylog(gnutls_session_t sess, const char *label,
@@ -327,6 +335,9 @@ static ssize_t rx_read(tls_chan *c, uint8_t *buf, size_t len)
             if (ra->promised > have && ra->promised - have > need)
                 need = ra->promised - have;
             ssize_t n = ra_fill(ra, need);
+            if (n == 0 && have)
+                return rx_fail(x, "the connection ended in the middle of "
+                                  "a record");
             if (n == 0) /* gone without close_notify: read as the end */
                 x->done = EOF_DONE;
             if (n <= 0)
@@ -355,6 +366,27 @@ static ssize_t rx_read(tls_chan *c, uint8_t *buf, size_t len)
     }
 }
 
+/*
+ * Our own records from here, once GnuTLS holds no plaintext (a peer may
+ * send the init message and the first packet in one record: then at the
+ * next read that ends on a record's end). Decided for good, but for that.
+ */
+static void rx_take_over(gnutls_session_t sess, tls_chan *c)
+{
+    if (!c->secret_len || gnutls_record_check_pending(sess))
+        return;
+    tls_rx *x = malloc(sizeof(*x));
+    if (x && !mfd__tlsrec_init(&x->r, sess, true, c->secret, c->secret_len)) {
+        x->at = x->left = 0;
+        x->done = 0;
+        x->why = NULL;
+        c->rx = x;
+    } else {
+        free(x);
+    }
+    wipe_secret(c);
+}
+
 int mfd__tls_readahead(void *t)
 {
     gnutls_session_t sess = t;
@@ -381,17 +413,7 @@ int mfd__tls_readahead(void *t)
                               (gnutls_transport_ptr_t)(intptr_t)ra->fd);
     gnutls_transport_set_pull_function(sess, ra_pull);
     gnutls_transport_set_pull_timeout_function(sess, ra_pull_timeout);
-    /* Our own records from here, unless GnuTLS still holds plaintext. */
-    tls_rx *x = malloc(sizeof(*x));
-    if (x && !gnutls_record_check_pending(sess) &&
-        !mfd__tlsrec_init(&x->r, sess, true, c->secret, c->secret_len)) {
-        x->at = x->left = 0;
-        x->done = 0;
-        x->why = NULL;
-        c->rx = x;
-    } else {
-        free(x);
-    }
+    rx_take_over(sess, c);
     return 1;
 }
 
@@ -423,11 +445,18 @@ void mfd__tls_set_rekey(uint64_t records)
     rekey_after = records;
 }
 
+/* A sealing failure ends the channel's writing for good. */
+static int tx_fail(tls_tx *w, const char *why)
+{
+    w->torn = true;
+    return (int)fail_why(EPROTO, why);
+}
+
 static int tx_seal(tls_tx *w, uint8_t type, const void *p, size_t n)
 {
     size_t len = mfd__tlsrec_seal(&w->r, type, p, n, w->out + w->used);
     if (!len)
-        return (int)fail_why(EPROTO, "sealing a record failed");
+        return tx_fail(w, "sealing a record failed");
     w->used += len;
     if (w->r.seq < rekey_after || type != MFD_TLS_DATA)
         return 0;
@@ -435,7 +464,7 @@ static int tx_seal(tls_tx *w, uint8_t type, const void *p, size_t n)
     len = mfd__tlsrec_seal(&w->r, MFD_TLS_HANDSHAKE, ku, KU_LEN,
                            w->out + w->used);
     if (!len || mfd__tlsrec_update(&w->r))
-        return (int)fail_why(EPROTO, "KeyUpdate: moving to new keys failed");
+        return tx_fail(w, "KeyUpdate: moving to new keys failed");
     w->used += len;
     return 0;
 }
@@ -453,6 +482,7 @@ static int tx_writev(gnutls_session_t sess, tls_tx *w, struct iovec *iov,
                      int iovcnt)
 {
     int fd = sess_fd(sess);
+    last_why = NULL;
     if (w->torn)
         return (int)fail_why(EPIPE, NULL);
     for (int i = 0; i < iovcnt; i++) {
@@ -478,13 +508,17 @@ int mfd__tls_direct_send(void *t)
     tls_chan *c = chan_of(sess);
     if (c->tx)
         return 1;
-    tls_tx *w = malloc(sizeof(*w));
+    /* Kernel TLS would seal our records once more. */
+    tls_tx *w = gnutls_transport_is_ktls_enabled(sess) & GNUTLS_KTLS_SEND
+                    ? NULL
+                    : malloc(sizeof(*w));
     if (!w || mfd__tlsrec_init(&w->r, sess, false, c->secret, c->secret_len)) {
         free(w);
+        wipe_secret(c);
         return 0;
     }
-    size_t max = gnutls_record_get_max_size(sess);
-    w->max = max && max < MFD_TLS_MAX_PLAIN ? max : MFD_TLS_MAX_PLAIN;
+    wipe_secret(c);
+    w->max = c->peer_limit ? c->peer_limit : MFD_TLS_MAX_PLAIN;
     w->used = 0;
     w->torn = false;
     c->tx = w;
@@ -511,6 +545,32 @@ static void tx_bye(gnutls_session_t sess, tls_tx *w)
 }
 
 /* ---- sessions: end, read, write ---------------------------------------- */
+
+/*
+ * The server's record size limit (RFC 8449), from its EncryptedExtensions:
+ * what our own records may carry. With TLS 1.3 it counts the content type
+ * byte. (gnutls_record_get_max_size gives our own limit, not the peer's.)
+ */
+static int ee_ext(void *ctx, unsigned tls_id, const unsigned char *data,
+                  unsigned size)
+{
+    tls_chan *c = ctx;
+    if (tls_id == 28 && size == 2) {
+        size_t limit = (size_t)data[0] << 8 | data[1];
+        c->peer_limit = limit > 1 && limit - 1 < MFD_TLS_MAX_PLAIN ? limit - 1
+                                                                   : 0;
+    }
+    return 0;
+}
+
+static int ee_hook(gnutls_session_t sess, unsigned htype, unsigned when,
+                   unsigned incoming, const gnutls_datum_t *msg)
+{
+    (void)when;
+    if (htype == GNUTLS_HANDSHAKE_ENCRYPTED_EXTENSIONS && incoming && msg)
+        gnutls_ext_raw_parse(chan_of(sess), ee_ext, msg, 0);
+    return 0;
+}
 
 static void session_free(gnutls_session_t sess)
 {
@@ -555,6 +615,8 @@ ssize_t mfd__tls_read(void *t, void *buf, size_t len)
         return rx_read(c, buf, len);
     for (;;) {
         ssize_t n = gnutls_record_recv(t, buf, len);
+        if (n > 0 && c->ra)
+            rx_take_over(t, c);
         if (n >= 0)
             return n;
         if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
@@ -815,6 +877,10 @@ static gnutls_session_t new_session(mfd_session *s, int fd, bool server,
     }
     c->keylog = gnutls_session_get_keylog_function(sess);
     gnutls_session_set_keylog_function(sess, keylog);
+    if (!server)
+        gnutls_handshake_set_hook_function(
+            sess, GNUTLS_HANDSHAKE_ENCRYPTED_EXTENSIONS, GNUTLS_HOOK_POST,
+            ee_hook);
     gnutls_transport_set_int(sess, fd);
     gnutls_transport_set_vec_push_function(sess, push_vec);
     gnutls_handshake_set_timeout(sess, (unsigned)s->handshake_timeout);

@@ -97,22 +97,24 @@ void mfd__tlsrec_free(mfd_tls_rec *r)
 
 int mfd__tlsrec_update(mfd_tls_rec *r)
 {
-    uint8_t next[64], key[32];
+    /* All or nothing: the next secret and keys replace the current ones
+     * only once they all exist. */
+    mfd_tls_rec next = *r;
+    uint8_t key[32];
+    gnutls_datum_t k = {key, r->key_len};
     int rc = -1;
-    if (!expand_label(r, r->secret, "traffic upd", next, r->secret_len)) {
-        memcpy(r->secret, next, r->secret_len);
+    if (!expand_label(r, r->secret, "traffic upd", next.secret,
+                      r->secret_len) &&
+        !derive(&next, key) &&
         /* A new handle: gnutls_aead_cipher_set_key left the old key in
          * place here (GnuTLS 3.7.9, AES-GCM). */
-        gnutls_datum_t k = {key, r->key_len};
-        gnutls_aead_cipher_hd_t h;
-        if (!derive(r, key) && !gnutls_aead_cipher_init(&h, r->cipher, &k)) {
-            gnutls_aead_cipher_deinit(r->aead);
-            r->aead = h;
-            r->seq = 0;
-            rc = 0;
-        }
+        !gnutls_aead_cipher_init(&next.aead, r->cipher, &k)) {
+        gnutls_aead_cipher_deinit(r->aead);
+        next.seq = 0;
+        *r = next;
+        rc = 0;
     }
-    gnutls_memset(next, 0, sizeof(next));
+    gnutls_memset(&next, 0, sizeof(next));
     gnutls_memset(key, 0, sizeof(key));
     return rc;
 }
@@ -172,10 +174,18 @@ int mfd__tlsrec_open(mfd_tls_rec *r, const uint8_t *rec, uint8_t *out,
     if (gnutls_aead_cipher_decrypt(r->aead, n, sizeof(n), rec, MFD_TLS_HDR,
                                    MFD_TLS_TAG, rec + MFD_TLS_HDR, body, out,
                                    &k) < 0) {
+        /* GnuTLS leaves the forged plaintext there: none of it may stay
+         * (out may be guest memory). */
+        gnutls_memset(out, 0, body - MFD_TLS_TAG);
         *why = "a record failed authentication (bad_record_mac)";
         return -1;
     }
     r->seq++;
+    if (k > MFD_TLS_MAX_PLAIN + 1) {
+        *why = "a record with more than 16385 bytes of inner plaintext "
+               "(record_overflow)";
+        return -1;
+    }
     while (k && !out[k - 1])
         k--;
     if (!k) {
@@ -183,11 +193,6 @@ int mfd__tlsrec_open(mfd_tls_rec *r, const uint8_t *rec, uint8_t *out,
         return -1;
     }
     *type = out[--k];
-    if (k > MFD_TLS_MAX_PLAIN) {
-        *why = "a record with more than 16384 bytes of content "
-               "(record_overflow)";
-        return -1;
-    }
     *len = k;
     return 0;
 }

@@ -53,7 +53,10 @@ typedef struct {
 int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
                      const uint8_t *secret, size_t secret_len);
 void mfd__tlsrec_free(mfd_tls_rec *r);
-/* Moves to the next traffic secret and its keys (KeyUpdate); seq 0. */
+/*
+ * Moves to the next traffic secret and its keys (KeyUpdate); seq 0. On
+ * failure nothing changed.
+ */
 int mfd__tlsrec_update(mfd_tls_rec *r);
 /*
  * Seals len (<= MFD_TLS_MAX_PLAIN) bytes of content type `type` as one
@@ -71,7 +74,8 @@ size_t mfd__tlsrec_body_len(const uint8_t h[MFD_TLS_HDR], const char **why);
  * Opens the record at rec (header and body of mfd__tlsrec_body_len's
  * length) into out, which has room for the body's length - MFD_TLS_TAG
  * bytes. Sets *len and *type to its content's; padding is dropped. -1
- * with *why on a record that fails authentication or is malformed.
+ * with *why on a record that fails authentication (out then zeroed: no
+ * forged plaintext stays) or is malformed.
  */
 int mfd__tlsrec_open(mfd_tls_rec *r, const uint8_t *rec, uint8_t *out,
                      size_t *len, uint8_t *type, const char **why);

@@ -474,6 +474,17 @@ static bool read_stream(ra_run *r)
             run_fail(r, "the read-ahead was not installed (mark %d)", lowat);
             return false;
         }
+        /*
+         * TLS 1.3's records are then opened by ours (test_tls_record.c);
+         * merged, from the first read that ends where a record ends.
+         */
+        int direct = mfd__tls_direct(mfd__tls_of(r->rfd));
+        bool now = k == r->nunits - 1 || (k == 0 && r->c->pat != P_MERGED);
+        if (now && direct != r->c->tls13) {
+            run_fail(r, "mfd__tls_direct: %d, expected %d", direct,
+                     r->c->tls13);
+            return false;
+        }
         unit_read(r);
     }
     return true;
