@@ -9,7 +9,81 @@
  */
 #include "transport/tls_record.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+
+#ifdef MFD_HAVE_IPSEC_MB
+#include <intel-ipsec-mb.h>
+
+/*
+ * ipsec-mb's manager, for its direct AES-GCM calls only: those read its
+ * function pointers and keep their state in the key and context data we
+ * pass, so one manager serves every thread. NULL: GnuTLS's AEAD for all.
+ */
+static IMB_MGR *imb;
+static pthread_once_t imb_once = PTHREAD_ONCE_INIT;
+
+static void imb_start(void)
+{
+    IMB_MGR *m = alloc_mb_mgr(0);
+    if (!m)
+        return;
+    init_mb_mgr_auto(m, NULL);
+    if (imb_get_errno(m)) {
+        free_mb_mgr(m);
+        return;
+    }
+    imb = m;
+}
+
+static bool imb_takes(gnutls_cipher_algorithm_t c)
+{
+    if (c != GNUTLS_CIPHER_AES_128_GCM && c != GNUTLS_CIPHER_AES_256_GCM)
+        return false;
+    pthread_once(&imb_once, imb_start);
+    return imb != NULL;
+}
+#endif
+
+/*
+ * Makes the AEAD for key: ipsec-mb's expanded AES-GCM keys where it takes
+ * the cipher, else a GnuTLS handle. Nothing changes in r on failure.
+ */
+static int aead_set(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
+                    const uint8_t *key)
+{
+#ifdef MFD_HAVE_IPSEC_MB
+    if (imb_takes(c)) {
+        struct gcm_key_data *g = aligned_alloc(64, sizeof(*g));
+        if (!g)
+            return -1;
+        if (c == GNUTLS_CIPHER_AES_128_GCM)
+            IMB_AES128_GCM_PRE(imb, key, g);
+        else
+            IMB_AES256_GCM_PRE(imb, key, g);
+        if (r->gcm) {
+            gnutls_memset(r->gcm, 0, sizeof(*r->gcm));
+            free(r->gcm);
+        }
+        r->gcm = g;
+        r->cipher = c;
+        return 0;
+    }
+#endif
+    /* A new handle each time: gnutls_aead_cipher_set_key left the old key
+     * in place here (GnuTLS 3.7.9, AES-GCM). */
+    gnutls_aead_cipher_hd_t h;
+    gnutls_datum_t k = {(unsigned char *)key,
+                        (unsigned)gnutls_cipher_get_key_size(c)};
+    if (gnutls_aead_cipher_init(&h, c, &k))
+        return -1;
+    if (r->aead)
+        gnutls_aead_cipher_deinit(r->aead);
+    r->aead = h;
+    r->cipher = c;
+    return 0;
+}
 
 /* HKDF-Expand-Label(secret, label, "", len) (RFC 8446 7.1). */
 static int expand_label(const mfd_tls_rec *r, const uint8_t *secret,
@@ -75,16 +149,12 @@ int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
         !gnutls_record_get_state(sess, read, &mk, &iv, &ck, seq) &&
         ck.size == r->key_len && !memcmp(ck.data, key, r->key_len) &&
         iv.size == sizeof(r->iv) && !memcmp(iv.data, r->iv, sizeof(r->iv))) {
-        gnutls_datum_t k = {key, r->key_len};
         r->seq = get_be64(seq);
-        r->cipher = c;
-        rc = gnutls_aead_cipher_init(&r->aead, c, &k) ? -1 : 0;
+        rc = aead_set(r, c, key);
     }
     gnutls_memset(key, 0, sizeof(key));
-    if (rc) {
-        r->aead = NULL;
+    if (rc)
         mfd__tlsrec_free(r);
-    }
     return rc;
 }
 
@@ -92,26 +162,27 @@ void mfd__tlsrec_free(mfd_tls_rec *r)
 {
     if (r->aead)
         gnutls_aead_cipher_deinit(r->aead);
+#ifdef MFD_HAVE_IPSEC_MB
+    if (r->gcm)
+        gnutls_memset(r->gcm, 0, sizeof(*r->gcm));
+#endif
+    free(r->gcm);
     gnutls_memset(r, 0, sizeof(*r));
 }
 
 int mfd__tlsrec_update(mfd_tls_rec *r)
 {
     /* All or nothing: the next secret and keys replace the current ones
-     * only once they all exist. */
+     * only once they all exist (aead_set changes nothing on failure). */
     mfd_tls_rec next = *r;
     uint8_t key[32];
-    gnutls_datum_t k = {key, r->key_len};
     int rc = -1;
     if (!expand_label(r, r->secret, "traffic upd", next.secret,
                       r->secret_len) &&
-        !derive(&next, key) &&
-        /* A new handle: gnutls_aead_cipher_set_key left the old key in
-         * place here (GnuTLS 3.7.9, AES-GCM). */
-        !gnutls_aead_cipher_init(&next.aead, r->cipher, &k)) {
-        gnutls_aead_cipher_deinit(r->aead);
-        next.seq = 0;
-        *r = next;
+        !derive(&next, key) && !aead_set(r, r->cipher, key)) {
+        memcpy(r->secret, next.secret, sizeof(r->secret));
+        memcpy(r->iv, next.iv, sizeof(r->iv));
+        r->seq = 0;
         rc = 0;
     }
     gnutls_memset(&next, 0, sizeof(next));
@@ -138,6 +209,36 @@ size_t mfd__tlsrec_seal(mfd_tls_rec *r, uint8_t type, const void *p,
     out[3] = (uint8_t)(body >> 8);
     out[4] = (uint8_t)body;
     nonce(r, n);
+#ifdef MFD_HAVE_IPSEC_MB
+    if (r->gcm) {
+        /* The content and its type byte, streamed into one ciphertext. */
+        struct gcm_context_data ctx;
+        uint8_t *c = out + MFD_TLS_HDR;
+        bool aes128 = r->cipher == GNUTLS_CIPHER_AES_128_GCM;
+        if (aes128)
+            IMB_AES128_GCM_INIT(imb, r->gcm, &ctx, n, out, MFD_TLS_HDR);
+        else
+            IMB_AES256_GCM_INIT(imb, r->gcm, &ctx, n, out, MFD_TLS_HDR);
+        for (int i = 0; i < 2; i++) {
+            const uint8_t *src = i ? &type : p;
+            uint64_t sl = i ? 1 : len;
+            if (!sl)
+                continue;
+            if (aes128)
+                IMB_AES128_GCM_ENC_UPDATE(imb, r->gcm, &ctx, c, src, sl);
+            else
+                IMB_AES256_GCM_ENC_UPDATE(imb, r->gcm, &ctx, c, src, sl);
+            c += sl;
+        }
+        if (aes128)
+            IMB_AES128_GCM_ENC_FINALIZE(imb, r->gcm, &ctx, c, MFD_TLS_TAG);
+        else
+            IMB_AES256_GCM_ENC_FINALIZE(imb, r->gcm, &ctx, c, MFD_TLS_TAG);
+        gnutls_memset(&ctx, 0, sizeof(ctx));
+        r->seq++;
+        return MFD_TLS_HDR + body;
+    }
+#endif
     giovec_t in[2] = {{(void *)p, len}, {&type, 1}};
     giovec_t aad = {out, MFD_TLS_HDR};
     if (gnutls_aead_cipher_encryptv(r->aead, n, sizeof(n), &aad, 1,
@@ -165,15 +266,43 @@ size_t mfd__tlsrec_body_len(const uint8_t h[MFD_TLS_HDR], const char **why)
     return len;
 }
 
+/* Decrypts and authenticates a record's body; -1 when the tag is wrong. */
+static int open_body(mfd_tls_rec *r, const uint8_t n[12], const uint8_t *rec,
+                     uint8_t *out, size_t *k)
+{
+    size_t body = (size_t)rec[3] << 8 | rec[4];
+#ifdef MFD_HAVE_IPSEC_MB
+    if (r->gcm) {
+        struct gcm_context_data ctx;
+        const uint8_t *c = rec + MFD_TLS_HDR, *tag = c + *k;
+        uint8_t mine[MFD_TLS_TAG], diff = 0;
+        if (r->cipher == GNUTLS_CIPHER_AES_128_GCM)
+            IMB_AES128_GCM_DEC(imb, r->gcm, &ctx, out, c, *k, n, rec,
+                               MFD_TLS_HDR, mine, MFD_TLS_TAG);
+        else
+            IMB_AES256_GCM_DEC(imb, r->gcm, &ctx, out, c, *k, n, rec,
+                               MFD_TLS_HDR, mine, MFD_TLS_TAG);
+        gnutls_memset(&ctx, 0, sizeof(ctx));
+        /* In constant time. */
+        for (int i = 0; i < MFD_TLS_TAG; i++)
+            diff |= mine[i] ^ tag[i];
+        return diff ? -1 : 0;
+    }
+#endif
+    return gnutls_aead_cipher_decrypt(r->aead, n, 12, rec, MFD_TLS_HDR,
+                                      MFD_TLS_TAG, rec + MFD_TLS_HDR, body,
+                                      out, k) < 0
+               ? -1
+               : 0;
+}
+
 int mfd__tlsrec_open(mfd_tls_rec *r, const uint8_t *rec, uint8_t *out,
                      size_t *len, uint8_t *type, const char **why)
 {
     size_t body = (size_t)rec[3] << 8 | rec[4], k = body - MFD_TLS_TAG;
     uint8_t n[12];
     nonce(r, n);
-    if (gnutls_aead_cipher_decrypt(r->aead, n, sizeof(n), rec, MFD_TLS_HDR,
-                                   MFD_TLS_TAG, rec + MFD_TLS_HDR, body, out,
-                                   &k) < 0) {
+    if (open_body(r, n, rec, out, &k)) {
         /* GnuTLS leaves the forged plaintext there: none of it may stay
          * (out may be guest memory). */
         gnutls_memset(out, 0, body - MFD_TLS_TAG);

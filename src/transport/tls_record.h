@@ -3,12 +3,14 @@
  * session GnuTLS negotiated (RFC 8446 5.2-5.3, 7.1-7.3).
  *
  * A data channel's bulk goes through this instead of gnutls_record_send /
- * gnutls_record_recv: the same records on the wire, with GnuTLS's AEAD
- * ciphers, but opened straight into the reader's buffer and sealed many at
- * a time into one buffer for one send, where GnuTLS copies each record
- * through buffers of its own and sends each with a system call of its own.
- * It is what kernel TLS does with the same keys, in user space. One
- * direction per mfd_tls_rec; the thread that owns the channel owns it.
+ * gnutls_record_recv: the same records on the wire, but opened straight
+ * into the reader's buffer and sealed many at a time into one buffer for
+ * one send, where GnuTLS copies each record through buffers of its own and
+ * sends each with a system call of its own. It is what kernel TLS does
+ * with the same keys, in user space. AES-GCM is Intel's multi-buffer
+ * crypto library's where it was built in (2-3x GnuTLS's with AVX-512),
+ * the rest GnuTLS's AEAD. One direction per mfd_tls_rec; the thread that
+ * owns the channel owns it.
  */
 #ifndef MFD_TRANSPORT_TLS_RECORD_H
 #define MFD_TRANSPORT_TLS_RECORD_H
@@ -31,7 +33,11 @@
 /* Record content types (RFC 8446 5.1). */
 enum { MFD_TLS_ALERT = 21, MFD_TLS_HANDSHAKE = 22, MFD_TLS_DATA = 23 };
 
+struct gcm_key_data; /* intel-ipsec-mb.h */
+
 typedef struct {
+    /* The AEAD: ipsec-mb's AES-GCM keys where it runs, else GnuTLS's. */
+    struct gcm_key_data *gcm;
     gnutls_aead_cipher_hd_t aead;
     gnutls_cipher_algorithm_t cipher;
     gnutls_mac_algorithm_t hash; /* the suite's, for HKDF */
