@@ -54,7 +54,7 @@ static int aead_set(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
                     const uint8_t *key)
 {
 #ifdef MFD_HAVE_IPSEC_MB
-    if (imb_takes(c)) {
+    if (!r->gnutls_only && imb_takes(c)) {
         struct gcm_key_data *g = aligned_alloc(64, sizeof(*g));
         if (!g)
             return -1;
@@ -119,19 +119,20 @@ static uint64_t get_be64(const uint8_t *p)
     return v;
 }
 
-int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
-                     const uint8_t *secret, size_t secret_len)
+/*
+ * r for cipher c and the suite's hash d from a traffic secret: its key
+ * (into key) and IV. -1 for a cipher or hash this does not know.
+ */
+static int setup(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
+                 gnutls_digest_algorithm_t d, const uint8_t *secret,
+                 size_t secret_len, uint8_t key[32])
 {
-    memset(r, 0, sizeof(*r));
-    if (gnutls_protocol_get_version(sess) != GNUTLS_TLS1_3)
-        return -1;
-    gnutls_cipher_algorithm_t c = gnutls_cipher_get(sess);
     if (c != GNUTLS_CIPHER_AES_128_GCM && c != GNUTLS_CIPHER_AES_256_GCM &&
         c != GNUTLS_CIPHER_CHACHA20_POLY1305)
         return -1;
-    gnutls_digest_algorithm_t d = gnutls_prf_hash_get(sess);
     size_t hl = gnutls_hash_get_len(d);
     if (!hl || hl != secret_len || hl > sizeof(r->secret) ||
+        gnutls_cipher_get_key_size(c) > 32 ||
         gnutls_cipher_get_iv_size(c) != sizeof(r->iv) ||
         gnutls_cipher_get_tag_size(c) != MFD_TLS_TAG)
         return -1;
@@ -140,18 +141,42 @@ int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
     r->key_len = (unsigned)gnutls_cipher_get_key_size(c);
     r->secret_len = (unsigned)hl;
     memcpy(r->secret, secret, hl);
+    return derive(r, key);
+}
 
+int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
+                     const uint8_t *secret, size_t secret_len)
+{
+    memset(r, 0, sizeof(*r));
+    if (gnutls_protocol_get_version(sess) != GNUTLS_TLS1_3)
+        return -1;
+    gnutls_cipher_algorithm_t c = gnutls_cipher_get(sess);
     uint8_t key[32];
     gnutls_datum_t mk, iv, ck;
     unsigned char seq[8];
     int rc = -1;
-    if (r->key_len <= sizeof(key) && !derive(r, key) &&
+    if (!setup(r, c, gnutls_prf_hash_get(sess), secret, secret_len, key) &&
         !gnutls_record_get_state(sess, read, &mk, &iv, &ck, seq) &&
         ck.size == r->key_len && !memcmp(ck.data, key, r->key_len) &&
         iv.size == sizeof(r->iv) && !memcmp(iv.data, r->iv, sizeof(r->iv))) {
         r->seq = get_be64(seq);
         rc = aead_set(r, c, key);
     }
+    gnutls_memset(key, 0, sizeof(key));
+    if (rc)
+        mfd__tlsrec_free(r);
+    return rc;
+}
+
+int mfd__tlsrec_init_raw(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
+                         gnutls_digest_algorithm_t d, const uint8_t *secret,
+                         size_t secret_len, bool gnutls_only)
+{
+    memset(r, 0, sizeof(*r));
+    r->gnutls_only = gnutls_only;
+    uint8_t key[32];
+    int rc = setup(r, c, d, secret, secret_len, key) ? -1
+                                                     : aead_set(r, c, key);
     gnutls_memset(key, 0, sizeof(key));
     if (rc)
         mfd__tlsrec_free(r);

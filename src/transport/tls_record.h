@@ -40,6 +40,7 @@ typedef struct {
     struct gcm_key_data *gcm;
     gnutls_aead_cipher_hd_t aead;
     gnutls_cipher_algorithm_t cipher;
+    bool gnutls_only; /* tests: GnuTLS's AEAD even for AES-GCM */
     gnutls_mac_algorithm_t hash; /* the suite's, for HKDF */
     unsigned key_len, secret_len;
     uint8_t secret[64]; /* the traffic secret of the current keys */
@@ -58,6 +59,14 @@ typedef struct {
  */
 int mfd__tlsrec_init(mfd_tls_rec *r, gnutls_session_t sess, bool read,
                      const uint8_t *secret, size_t secret_len);
+/*
+ * Tests: the same from a cipher, the suite's hash and a traffic secret
+ * alone (nothing to check them against; seq 0), with GnuTLS's AEAD when
+ * gnutls_only, so that the two AEADs can be held against each other.
+ */
+int mfd__tlsrec_init_raw(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
+                         gnutls_digest_algorithm_t d, const uint8_t *secret,
+                         size_t secret_len, bool gnutls_only);
 void mfd__tlsrec_free(mfd_tls_rec *r);
 /*
  * Moves to the next traffic secret and its keys (KeyUpdate); seq 0. On
