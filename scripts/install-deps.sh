@@ -4,7 +4,9 @@
 set -e
 PKGS="gcc make cmake ninja-build pkg-config libxxhash-dev xxhash libcmocka-dev
       zlib1g-dev libzstd-dev liblz4-dev libisal-dev python3 iproute2 procps
-      clang libclang-rt-14-dev libgnutls28-dev gnutls-bin libipsec-mb-dev"
+      clang libclang-rt-14-dev libgnutls28-dev gnutls-bin"
+# Intel's multi-buffer crypto (AES-GCM for TLS data channels): amd64 only.
+[ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ] && PKGS="$PKGS libipsec-mb-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

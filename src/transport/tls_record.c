@@ -14,12 +14,22 @@
 #include <string.h>
 
 #ifdef MFD_HAVE_IPSEC_MB
+/* The library is built with LINUX on Linux, which gives gcm_key_data its
+ * 64-byte alignment (and a size that aligned_alloc takes). */
+#ifndef LINUX
+#define LINUX 1
+#endif
 #include <intel-ipsec-mb.h>
+
+_Static_assert(sizeof(struct gcm_key_data) % 64 == 0,
+               "gcm_key_data without its alignment");
 
 /*
  * ipsec-mb's manager, for its direct AES-GCM calls only: those read its
  * function pointers and keep their state in the key and context data we
- * pass, so one manager serves every thread. NULL: GnuTLS's AEAD for all.
+ * pass, so one manager serves every thread. (Each call also stores 0 in
+ * the library's process-wide error number, which only imb_start reads,
+ * before any call.) NULL: GnuTLS's AEAD for all.
  */
 static IMB_MGR *imb;
 static pthread_once_t imb_once = PTHREAD_ONCE_INIT;
@@ -45,6 +55,15 @@ static bool imb_takes(gnutls_cipher_algorithm_t c)
     return imb != NULL;
 }
 #endif
+
+bool mfd__tlsrec_ipsec_mb(void)
+{
+#ifdef MFD_HAVE_IPSEC_MB
+    return imb_takes(GNUTLS_CIPHER_AES_128_GCM);
+#else
+    return false;
+#endif
+}
 
 /*
  * Makes the AEAD for key: ipsec-mb's expanded AES-GCM keys where it takes
@@ -311,6 +330,7 @@ static int open_body(mfd_tls_rec *r, const uint8_t n[12], const uint8_t *rec,
         /* In constant time. */
         for (int i = 0; i < MFD_TLS_TAG; i++)
             diff |= mine[i] ^ tag[i];
+        gnutls_memset(mine, 0, sizeof(mine));
         return diff ? -1 : 0;
     }
 #endif

@@ -68,6 +68,8 @@ int mfd__tlsrec_init_raw(mfd_tls_rec *r, gnutls_cipher_algorithm_t c,
                          gnutls_digest_algorithm_t d, const uint8_t *secret,
                          size_t secret_len, bool gnutls_only);
 void mfd__tlsrec_free(mfd_tls_rec *r);
+/* AES-GCM is ipsec-mb's here (built in, and this CPU has what it needs). */
+bool mfd__tlsrec_ipsec_mb(void);
 /*
  * Moves to the next traffic secret and its keys (KeyUpdate); seq 0. On
  * failure nothing changed.
