@@ -1055,7 +1055,10 @@ static void connect_channel(mfd_session *s, const mfd_uri *u,
                   mfd__io_strerror(rc));
         return;
     }
-    /* From here this thread only writes whole packets: our own records. */
+    /*
+     * From here the channel is only written, a packet at a time and with
+     * blocking writes, by its own thread: our own records (tls.h).
+     */
     void *tls = mfd__tls_of(fd);
     if (tls)
         mfd__tls_direct_send(tls);
