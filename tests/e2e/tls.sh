@@ -79,12 +79,19 @@ with open(sys.argv[1], "wb") as f:
         f.write(os.urandom(4096) if i % 3 else bytes(4096))' "$BLK"
 WANT=$(xxh3 "$BLK")
 
-# ok TAG "RECV-ARGS" SEND-ARGS...: a verified migration.
+# ok TAG "RECV-ARGS" SEND-ARGS...: a verified migration. OK_LISTEN and
+# OK_IN_NS (a wrapper running multifd in a network namespace) put the
+# destination elsewhere.
 ok() {
-    local tag=$1 rargs=$2
+    local tag=$1 rargs=$2 bin=$MULTIFD
     shift 2
+    MULTIFD=${OK_IN_NS:-$MULTIFD}
     # shellcheck disable=SC2086
-    if ! start_recv "$tag.recv" --listen tcp:127.0.0.1:0 --into anon: $rargs; then
+    start_recv "$tag.recv" --listen "${OK_LISTEN:-tcp:127.0.0.1:0}" \
+        --into anon: $rargs
+    local started=$?
+    MULTIFD=$bin
+    if [ "$started" != 0 ]; then
         fail "$tag/start" "$RECV_WHY"
         return
     fi
@@ -153,6 +160,21 @@ refused x509-wrong-host "does not match" "--tls-creds $P/srv" \
 # whose init messages come faster than the vetting threads read them).
 ok x509-40ch "--tls-creds $P/srv" --tls-creds "$P/cli" --channels 40
 ok plaintext-64ch "" --channels 64
+
+# Between two network namespaces: a veth pair's 1500-byte segments, not
+# loopback's 64 KiB, under the destination's waits for whole payloads and
+# our own records on both sides.
+if ! command -v ip >/dev/null || ! e2e_netns_up 233 "$MULTIFD"; then
+    e2e_netns_down
+    skip x509-veth "cannot create a network namespace and veth pair here"
+else
+    OK_IN_NS=$E2E_IN_NS OK_LISTEN=tcp:10.233.0.2:0 ok x509-veth-4ch \
+        "--tls-creds $P/srv" --tls-creds "$P/cli" --tls-hostname localhost \
+        --channels 4
+    OK_IN_NS=$E2E_IN_NS OK_LISTEN=tcp:10.233.0.2:0 ok psk-veth \
+        "--tls-psk $P/keys.psk" --tls-psk "$P/keys.psk"
+    e2e_netns_down
+fi
 ok x509-anon-allowed "--tls-creds $P/srv --tls-verify-peer off" --tls-creds "$P/anon"
 refused x509-anon-refused "refused this source's certificate" "--tls-creds $P/srv" --tls-creds "$P/anon"
 if grep -q "no certificate\|certificate" "$E2E_TMP/x509-anon-refused.recv.err"; then
