@@ -20,6 +20,8 @@
 #        RESUME=1       keep the cases a stopped run already measured (its
 #                       rows are kept in $RESULTS) and run the others;
 #                       the table is rewritten after every case either way
+#        TLS=1          every migration of both tools over TLS (x509
+#                       certificates made here with certtool)
 #        NO_SETUP=1     do not run apt-get (use what is there)
 #        QEMU10_DIR     where QEMU 10 is unpacked (/var/cache/multifd-bench/qemu-10)
 #        OUT_MD OUT_PNG output paths (docs/benchmarks/qemu.{md,png})
@@ -31,6 +33,8 @@ case $BIN in /*) ;; *) BIN=$PWD/$BIN ;; esac
 [ -x "$BIN" ] || { echo "bench-qemu: $BIN is not executable (run make)" >&2; exit 2; }
 
 QUICK=${QUICK:-0}
+# A matrix given by hand is labelled as such, not as the full or quick one.
+CUSTOM=${SIZE:-}${CONTENTS:-}${METHODS:-}${CHANNELS:-}${DESTS:-}
 if [ "$QUICK" = 1 ]; then
     SIZE=${SIZE:-1G}; CONTENTS=${CONTENTS:-"zero random text guest"}
     METHODS=${METHODS:-"none zstd"}; CHANNELS=${CHANNELS:-2}
@@ -41,6 +45,7 @@ else
     EXTRA_DESTS=${EXTRA_DESTS:-none:2}; LABEL="full"
 fi
 RUNS=${RUNS:-3}
+[ -n "$CUSTOM" ] && LABEL="$LABEL, matrix by hand"
 DESTS=${DESTS:-"anon prealloc tmpfs"}
 QEMU10_DIR=${QEMU10_DIR:-/var/cache/multifd-bench/qemu-10}
 OUT_MD=${OUT_MD:-$ROOT/docs/benchmarks/qemu.md}
@@ -139,11 +144,38 @@ fi
 
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || say "/dev/kvm not usable: QEMU runs with TCG"
 
-say "matrix: $SIZE, contents [$CONTENTS], methods [$METHODS], channels [$CHANNELS], dests [$DESTS] (extra dests for $EXTRA_DESTS), $RUNS runs"
+TLS_ARGS=()
+if [ "${TLS:-0}" = 1 ]; then
+    need_pkg certtool gnutls-bin || { say "certtool missing (gnutls-bin)"; exit 2; }
+    T=$(mktemp -d /tmp/mfd-bench-tls.XXXXXX)
+    trap 'rm -rf "$T"' EXIT
+    q() { certtool "$@" >/dev/null 2>&1; }
+    printf '%s\n' 'cn = "bench CA"' ca cert_signing_key >"$T/ca.tmpl"
+    q --generate-privkey --outfile "$T/ca-key.pem"
+    q --generate-self-signed --load-privkey "$T/ca-key.pem" --template "$T/ca.tmpl" \
+        --outfile "$T/ca-cert.pem"
+    for r in server client; do
+        printf '%s\n' 'cn = "localhost"' 'dns_name = "localhost"' \
+            'ip_address = "127.0.0.1"' tls_www_server tls_www_client \
+            encryption_key signing_key >"$T/$r.tmpl"
+        q --generate-privkey --outfile "$T/$r-key.pem"
+        q --generate-certificate --load-privkey "$T/$r-key.pem" \
+            --load-ca-certificate "$T/ca-cert.pem" --load-ca-privkey "$T/ca-key.pem" \
+            --template "$T/$r.tmpl" --outfile "$T/$r-cert.pem"
+    done
+    rm -f "$T/ca-key.pem"
+    [ -s "$T/client-cert.pem" ] || { say "certtool could not make certificates"; exit 2; }
+    TLS_ARGS=(--tls "$T")
+    RESULTS=${RESULTS%.jsonl}-tls.jsonl
+    LABEL="$LABEL, TLS"
+fi
+
+say "matrix: $SIZE, contents [$CONTENTS], methods [$METHODS], channels [$CHANNELS], dests [$DESTS] (extra dests for $EXTRA_DESTS), $RUNS runs${TLS_ARGS:+, TLS}"
 python3 "$HERE/bench.py" --multifd "$BIN" "${PEERS[@]}" "${MISSING[@]}" \
     --size "$SIZE" --runs "$RUNS" --contents "$CONTENTS" --methods "$METHODS" \
     --channels "$CHANNELS" --dests "$DESTS" --extra-dest-filter "$EXTRA_DESTS" \
     --md "$OUT_MD" --png "$OUT_PNG" --label "$LABEL" --results "$RESULTS" \
+    "${TLS_ARGS[@]}" \
     $([ "$RESUME" = 1 ] && echo --resume)
 rc=$?
 [ -f "$OUT_MD" ] && cat "$OUT_MD"

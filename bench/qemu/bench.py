@@ -174,6 +174,10 @@ class Peer:
                                       ).stdout.splitlines()[0]
 
 
+# The x509 directory when every migration runs over TLS (--tls).
+TLS = {"dir": ""}
+
+
 def qemu_run(peer, accel, work, src_file, size, method, channels, dest, digest):
     ss, ds = os.path.join(work, "src.qmp"), os.path.join(work, "dst.qmp")
     for p in (ss, ds):
@@ -197,6 +201,11 @@ def qemu_run(peer, accel, work, src_file, size, method, channels, dest, digest):
             mem += ",prealloc=on"
     dst_args = common + ["-object", mem, "-incoming", "defer",
                          "-qmp", f"unix:{ds},server=on,wait=off"]
+    if TLS["dir"]:
+        # QEMU's tls-creds-x509 on the same directory multifd uses.
+        for args, end in ((src_args, "client"), (dst_args, "server")):
+            args += ["-object", f"tls-creds-x509,id=tls0,dir={TLS['dir']},"
+                                f"endpoint={end}"]
     slog = open(os.path.join(work, "qemu-src.log"), "w")
     dlog = open(os.path.join(work, "qemu-dst.log"), "w")
     src = dst = None
@@ -217,9 +226,13 @@ def qemu_run(peer, accel, work, src_file, size, method, channels, dest, digest):
                   "multifd-compression": method,
                   "max-bandwidth": 1 << 40,       # default caps it (128 MiB/s)
                   "downtime-limit": 100000}        # ms; paused guest anyway
+        if TLS["dir"]:
+            params["tls-creds"] = "tls0"
         for q in (qs, qd):
             q.cmd("migrate-set-capabilities", capabilities=caps)
             q.cmd("migrate-set-parameters", **params)
+        if TLS["dir"]:
+            qs.cmd("migrate-set-parameters", **{"tls-hostname": "localhost"})
         uri = f"tcp:127.0.0.1:{free_port()}"
         qd.cmd("migrate-incoming", uri=uri)
         t0 = time.monotonic()
@@ -296,6 +309,8 @@ def multifd_run(binary, work, src_file, size, method, channels, dest, digest):
     shutil.rmtree(into_dir, ignore_errors=True)
     rargs = [binary, "recv", "--listen", "tcp:127.0.0.1:0", "--uri-file", uf,
              "--json"]
+    tls = ["--tls-creds", TLS["dir"]] if TLS["dir"] else []
+    rargs += tls
     if dest == "tmpfs":
         os.mkdir(into_dir)
         rargs += ["--into", into_dir]
@@ -322,7 +337,7 @@ def multifd_run(binary, work, src_file, size, method, channels, dest, digest):
         uri = open(uf).read().strip()
         send = subprocess.Popen(
             [binary, "send", "--to", uri, "--channels", str(channels),
-             "--multifd-compression", method, "--json", src_file],
+             "--multifd-compression", method, "--json"] + tls + [src_file],
             stdin=subprocess.DEVNULL, stdout=sout, stderr=serr)
         ru_s = wait4(send)
         ru_r = wait4(recv)
@@ -392,6 +407,9 @@ def main():
     ap.add_argument("--md", default="docs/benchmarks/qemu.md")
     ap.add_argument("--png", default="docs/benchmarks/qemu.png")
     ap.add_argument("--label", default="")
+    ap.add_argument("--tls", default="",
+                    help="an x509 directory (QEMU's layout, both roles' "
+                         "files): every migration of both tools over TLS")
     ap.add_argument("--results", default="",
                     help="JSON lines file: each finished case's rows are "
                          "appended to it, and the table is rewritten after "
@@ -400,6 +418,7 @@ def main():
                     help="keep the cases already in --results (same size) "
                          "and run only the others")
     a = ap.parse_args()
+    TLS["dir"] = a.tls
 
     size = parse_size(a.size)
     peers = []
@@ -592,6 +611,11 @@ def write_md(a, size, peers, missing, accel, rows, failures, elapsed):
              f"`multifd recv --into anon:` (prealloc: with `--prealloc --block "
              f"NAME=SIZE`, populated before the source connects) or `--into DIR` on "
              f"/dev/shm (tmpfs).")
+    if TLS["dir"]:
+        L.append("- **TLS on every channel**: x509 (RSA-3072 keys made by "
+                 "`certtool`, client certificates verified), QEMU's "
+                 "`tls-creds-x509` with `tls-hostname` against multifd's "
+                 "`--tls-creds` on the same directory.")
     L.append(f"- Both: loopback TCP, multifd capability, `multifd-channels` "
              f"and `multifd-compression` as listed, default compression "
              f"levels (zlib 1, zstd 1), QEMU `max-bandwidth` 1 TiB/s and "
@@ -657,7 +681,7 @@ def write_md(a, size, peers, missing, accel, rows, failures, elapsed):
         for r in zero:
             L.append(f"| {r['method']} | {r['channels']} | {r['dest']} | "
                      f"{r['tool']} | {fmt(r['rss'], '%.0f')} |")
-    L.append(f"\n![GB/s per case](qemu.png)\n")
+    L.append(f"\n![GB/s per case]({os.path.basename(a.png)})\n")
     with open(a.md, "w") as f:
         f.write("\n".join(L) + "\n")
     log(f"wrote {a.md}")
