@@ -39,7 +39,20 @@ static void imb_start(void)
     IMB_MGR *m = alloc_mb_mgr(0);
     if (!m)
         return;
-    init_mb_mgr_auto(m, NULL);
+    /*
+     * The library reads CPUID alone; the compiler's check also asks the
+     * kernel (XGETBV) whether the AVX registers are enabled, so a machine
+     * that announces AVX-512 without enabling it gets AVX2's code.
+     */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        init_mb_mgr_auto(m, NULL);
+    else if (__builtin_cpu_supports("avx2"))
+        init_mb_mgr_avx2(m);
+    else if (__builtin_cpu_supports("avx"))
+        init_mb_mgr_avx(m);
+    else
+        init_mb_mgr_sse(m);
     if (imb_get_errno(m)) {
         free_mb_mgr(m);
         return;
