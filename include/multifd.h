@@ -351,7 +351,7 @@ MFD_API int mfd_param_bounds(mfd_param p, int64_t *min, int64_t *max);
  * "none"/"legacy"/"multifd", for dirty-tracker "none"/"manual"/"uffd-wp".
  * Sizes accept K, M, G, T suffixes (powers of 1024). The TLS settings
  * take strings by name too: "tls-creds" (mfd_set_tls_x509), "tls-psk",
- * "tls-hostname", "tls-authz" (adds one).
+ * "tls-hostname", "tls-priority", "tls-authz" (adds one).
  */
 MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
                                   const char *value);
@@ -543,6 +543,15 @@ MFD_API int mfd_set_tls_x509(mfd_session *s, const char *dir);
 MFD_API int mfd_set_tls_psk(mfd_session *s, const char *keys_file);
 /** Source: the name the destination's certificate must carry. */
 MFD_API int mfd_set_tls_hostname(mfd_session *s, const char *name);
+/**
+ * Either side: the GnuTLS priority string of every channel's handshake
+ * (QEMU's tls-creds `priority`), e.g. "NORMAL:-CIPHER-ALL:+AES-256-GCM"
+ * to allow that cipher alone. Checked here: a string GnuTLS cannot parse
+ * is -MFD_EINVAL, naming where. Whatever it allows, a handshake that ends
+ * on less than TLS 1.3, or TLS 1.2 with an AEAD cipher, fails the channel.
+ * Default: TLS 1.3 and 1.2, AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
+ */
+MFD_API int mfd_set_tls_priority(mfd_session *s, const char *priority);
 /**
  * Destination, x509: accept only clients whose certificate's distinguished
  * name (RFC 4514, e.g. "CN=source1,O=Example") is one of those added.

@@ -1006,6 +1006,7 @@ static const char colo_usage[] =
     "  --tls-psk FILE            TLS with a pre-shared key (NAME:HEXKEY lines)\n"
     "  --tls-hostname NAME       the name the secondary's certificate must\n"
     "                            carry (default: the address)\n"
+    "  --tls-priority STRING     GnuTLS priority string of the handshakes\n"
     "  -h, --help                this text\n";
 
 int cmd_colo(int argc, char **argv)
@@ -1029,6 +1030,7 @@ int cmd_colo(int argc, char **argv)
         {"tls-creds", required_argument, 0, 'C'},
         {"tls-psk", required_argument, 0, 'P'},
         {"tls-hostname", required_argument, 0, 'N'},
+        {"tls-priority", required_argument, 0, 'R'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -1064,6 +1066,7 @@ int cmd_colo(int argc, char **argv)
         case 'C': cli_tls_remember("tls-creds", optarg); break;
         case 'P': cli_tls_remember("tls-psk", optarg); break;
         case 'N': tls_hostname = optarg; break;
+        case 'R': cli_tls_remember("tls-priority", optarg); break;
         case 'h': fputs(colo_usage, stdout); return 0;
         default: bad = true;
         }

@@ -457,6 +457,8 @@ static const char recv_usage[] =
     "                      by the CA (default on)\n"
     "  --tls-authz DN      x509: accept only this client certificate\n"
     "                      subject (repeatable), e.g. CN=src1,O=Example\n"
+    "  --tls-priority STRING  GnuTLS priority string of the handshakes\n"
+    "                      (QEMU's tls-creds priority)\n"
     "  --x-colo            accept a COLO session: keep a replica of the\n"
     "                      source's checkpoints, promote it when the source\n"
     "                      is lost (see `multifd colo`)\n"
@@ -593,6 +595,7 @@ static int cmd_recv(int argc, char **argv)
         {"tls-psk", required_argument, 0, 'K'},
         {"tls-verify-peer", required_argument, 0, 'V'},
         {"tls-authz", required_argument, 0, 'Z'},
+        {"tls-priority", required_argument, 0, 'R'},
         {"heartbeat-timeout", required_argument, 0, 'H'},
         {"progress", no_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},
@@ -602,7 +605,7 @@ static int cmd_recv(int argc, char **argv)
     const char *listen = NULL, *into = NULL, *uri_file = NULL, *max = NULL,
                *net_timeout = NULL, *accept = NULL, *hb_timeout = NULL,
                *idle = NULL, *tls_creds = NULL, *tls_psk = NULL,
-               *tls_verify = NULL, *hs_timeout = NULL;
+               *tls_verify = NULL, *hs_timeout = NULL, *tls_prio = NULL;
     bool colo = false;
     bool json = false, prealloc = false, show_progress = false;
     char msg[1300];
@@ -635,6 +638,7 @@ static int cmd_recv(int argc, char **argv)
         case 'T': tls_creds = optarg; break;
         case 'K': tls_psk = optarg; break;
         case 'V': tls_verify = optarg; break;
+        case 'R': tls_prio = optarg; break;
         case 'Z': break; /* applied below, once the session exists */
         case 'H': hb_timeout = optarg; break;
         case 'P': show_progress = true; break;
@@ -751,6 +755,7 @@ static int cmd_recv(int argc, char **argv)
         (tls_psk && mfd_set_tls_psk(s, tls_psk)) ||
         (tls_verify &&
          mfd_set_param_by_name(s, "tls-verify-peer", tls_verify)) ||
+        (tls_prio && mfd_set_tls_priority(s, tls_prio)) ||
         recv_authz(s, argc, argv, opts) ||
         (hb_timeout &&
          mfd_set_param_by_name(s, "heartbeat-timeout", hb_timeout)) ||

@@ -35,6 +35,7 @@ enum {
     OPT_TLS_CREDS,
     OPT_TLS_PSK,
     OPT_TLS_HOSTNAME,
+    OPT_TLS_PRIORITY,
     OPT_HANDSHAKE_TIMEOUT,
     OPT_END
 };
@@ -77,6 +78,7 @@ static const struct {
     {{"tls-creds", required_argument, 0, OPT_TLS_CREDS}, "tls-creds"},
     {{"tls-psk", required_argument, 0, OPT_TLS_PSK}, "tls-psk"},
     {{"tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME}, "tls-hostname"},
+    {{"tls-priority", required_argument, 0, OPT_TLS_PRIORITY}, "tls-priority"},
     {{"handshake-timeout", required_argument, 0, OPT_HANDSHAKE_TIMEOUT},
      "handshake-timeout"},
 };
@@ -116,6 +118,9 @@ const char cli_migration_usage[] =
     "                              lines (the first is used)\n"
     "  --tls-hostname NAME         the name the destination's certificate\n"
     "                              must carry (default: the URI's host)\n"
+    "  --tls-priority STRING       GnuTLS priority string of the handshakes\n"
+    "                              (QEMU's tls-creds priority), e.g.\n"
+    "                              NORMAL:-CIPHER-ALL:+AES-256-GCM\n"
     "  --handshake-timeout MS      connecting, TLS and setup must finish\n"
     "                              within MS (default 10000)\n";
 
@@ -144,7 +149,7 @@ const char *cli_migration_param(int val, const char *arg, const char **value)
     return NULL;
 }
 
-const char *cli_tls_creds, *cli_tls_psk;
+const char *cli_tls_creds, *cli_tls_psk, *cli_tls_priority;
 
 void cli_tls_remember(const char *name, const char *value)
 {
@@ -152,6 +157,8 @@ void cli_tls_remember(const char *name, const char *value)
         cli_tls_creds = value;
     if (!strcmp(name, "tls-psk"))
         cli_tls_psk = value;
+    if (!strcmp(name, "tls-priority"))
+        cli_tls_priority = value;
 }
 
 int cli_tls_apply(mfd_session *s)
@@ -159,6 +166,8 @@ int cli_tls_apply(mfd_session *s)
     if (cli_tls_creds && mfd_set_tls_x509(s, cli_tls_creds))
         return -1;
     if (cli_tls_psk && mfd_set_tls_psk(s, cli_tls_psk))
+        return -1;
+    if (cli_tls_priority && mfd_set_tls_priority(s, cli_tls_priority))
         return -1;
     return 0;
 }

@@ -180,6 +180,7 @@ MFD_API void mfd_session_free(mfd_session *s)
     free(s->tls_x509_dir);
     free(s->tls_psk_file);
     free(s->tls_hostname);
+    free(s->tls_priority);
     for (int i = 0; i < s->tls_nauthz; i++)
         free(s->tls_authz[i]);
     free(s->tls_authz);
@@ -557,6 +558,8 @@ MFD_API int mfd_set_param_by_name(mfd_session *s, const char *name,
         return mfd_set_tls_hostname(s, value);
     if (!d && !strcmp(name, "tls-authz"))
         return mfd_add_tls_authz(s, value);
+    if (!d && !strcmp(name, "tls-priority"))
+        return mfd_set_tls_priority(s, value);
     if (!d)
         return mfd__set_error(s, MFD_EINVAL, "unknown parameter '%s'", name);
 
@@ -1282,6 +1285,18 @@ MFD_API int mfd_set_tls_psk(mfd_session *s, const char *keys_file)
 MFD_API int mfd_set_tls_hostname(mfd_session *s, const char *name)
 {
     return set_string(s, s ? &s->tls_hostname : NULL, name, "tls-hostname");
+}
+
+MFD_API int mfd_set_tls_priority(mfd_session *s, const char *priority)
+{
+    char err[300];
+    if (s && priority && strlen(priority) > 1000)
+        return mfd__set_error(s, MFD_EINVAL, "tls-priority: longer than "
+                                             "1000 characters");
+    if (s && priority && mfd__tls_priority_check(priority, err, sizeof(err)))
+        return mfd__set_error(s, MFD_EINVAL, "tls-priority: %s", err);
+    return set_string(s, s ? &s->tls_priority : NULL, priority,
+                      "tls-priority");
 }
 
 MFD_API int mfd_add_tls_authz(mfd_session *s, const char *dn)

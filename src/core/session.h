@@ -199,7 +199,7 @@ struct mfd_session {
     int64_t colo_staging;
     int64_t idle_timeout;
     /* TLS (transport/tls.c): settings, and credentials once loaded. */
-    char *tls_x509_dir, *tls_psk_file, *tls_hostname;
+    char *tls_x509_dir, *tls_psk_file, *tls_hostname, *tls_priority;
     char **tls_authz;
     int tls_nauthz;
     int64_t tls_verify_peer;

@@ -861,8 +861,14 @@ static gnutls_session_t new_session(mfd_session *s, int fd, bool server,
     }
     c->s = s;
     gnutls_session_set_ptr(sess, c);
+    /* As QEMU's tls-creds-psk: a PSK session adds the PSK key exchanges. */
+    char prio[1200];
+    snprintf(prio, sizeof(prio), "%s%s",
+             s->tls_priority ? s->tls_priority : MFD_TLS_PRIORITY,
+             s->tls_priority && !s->tls->x509 ? ":+ECDHE-PSK:+DHE-PSK:+PSK"
+                                              : "");
     const char *where;
-    int rc = gnutls_priority_set_direct(sess, MFD_TLS_PRIORITY, &where);
+    int rc = gnutls_priority_set_direct(sess, prio, &where);
     if (!rc && s->tls->x509)
         rc = gnutls_credentials_set(sess, GNUTLS_CRD_CERTIFICATE,
                                     s->tls->x509);
@@ -896,6 +902,45 @@ static int handshake(gnutls_session_t sess)
     return rc;
 }
 
+/*
+ * PROTOCOL.md 6: TLS 1.3, or 1.2 with an AEAD cipher, whatever a
+ * tls-priority string let through. 0, or -1 with why in err.
+ */
+static int check_negotiated(gnutls_session_t sess, char *err, size_t errlen)
+{
+    gnutls_protocol_t v = gnutls_protocol_get_version(sess);
+    gnutls_cipher_algorithm_t c = gnutls_cipher_get(sess);
+    bool aead = c == GNUTLS_CIPHER_AES_128_GCM ||
+                c == GNUTLS_CIPHER_AES_256_GCM ||
+                c == GNUTLS_CIPHER_AES_128_CCM ||
+                c == GNUTLS_CIPHER_AES_256_CCM ||
+                c == GNUTLS_CIPHER_CHACHA20_POLY1305;
+    if (v == GNUTLS_TLS1_3 || (v == GNUTLS_TLS1_2 && aead))
+        return 0;
+    snprintf(err, errlen,
+             "TLS: the handshake agreed on %s with %s; multifd takes TLS 1.3, "
+             "or TLS 1.2 with an AEAD cipher (tls-priority)",
+             gnutls_protocol_get_name(v), gnutls_cipher_get_name(c));
+    return -1;
+}
+
+int mfd__tls_priority_check(const char *priority, char *err, size_t errlen)
+{
+    gnutls_priority_t p;
+    const char *where = NULL;
+    int rc = gnutls_priority_init2(&p, priority, &where, 0);
+    if (!rc) {
+        gnutls_priority_deinit(p);
+        return 0;
+    }
+    if (where && where >= priority && where <= priority + strlen(priority))
+        snprintf(err, errlen, "'%s': GnuTLS stops at '%.40s' (%s)", priority,
+                 where, gnutls_strerror(rc));
+    else
+        snprintf(err, errlen, "'%s': %s", priority, gnutls_strerror(rc));
+    return -1;
+}
+
 /* Why a certificate check failed, in GnuTLS's words. */
 static void verify_reason(gnutls_session_t sess, const char *who, int rc,
                           char *err, size_t errlen)
@@ -926,6 +971,11 @@ int mfd__tls_client(mfd_session *s, int fd, const char *hostname, char *err,
         gnutls_session_set_verify_cert(sess, hostname, 0);
     }
     int rc = handshake(sess);
+    if (rc >= 0 && check_negotiated(sess, err, errlen)) {
+        gnutls_bye(sess, GNUTLS_SHUT_WR);
+        session_free(sess);
+        return -1;
+    }
     if (rc < 0) {
         if (rc == GNUTLS_E_DECRYPTION_FAILED || rc == GNUTLS_E_MAC_VERIFY_FAILED)
             snprintf(err, errlen, "TLS handshake failed: %s (PSK mismatch?)",
@@ -995,7 +1045,8 @@ int mfd__tls_server(mfd_session *s, int fd, char *err, size_t errlen)
         session_free(sess);
         return -1;
     }
-    bool refused = check_authz(s, sess, err, errlen) != 0;
+    bool refused = check_negotiated(sess, err, errlen) != 0 ||
+                   check_authz(s, sess, err, errlen) != 0;
     if (!refused && register_fd(fd, sess)) {
         snprintf(err, errlen, "TLS: descriptor %d out of range", fd);
         refused = true;

@@ -43,6 +43,11 @@ int mfd__tls_server(struct mfd_session *s, int fd, char *err, size_t errlen);
  * session.
  */
 void mfd__tls_forget(int fd, bool bye);
+/*
+ * 0 when GnuTLS can parse the priority string, else -1 with where it
+ * stopped in err.
+ */
+int mfd__tls_priority_check(const char *priority, char *err, size_t errlen);
 /* Frees the session's credentials. */
 void mfd__tls_free(struct mfd_session *s);
 

@@ -287,6 +287,33 @@ run_fg colo-tls-host 60 "$MULTIFD" colo --size 32M --checkpoints 2 \
     --tls-creds "$P/both" --tls-hostname elsewhere.example
 check_refused colo-tls-hostname-mismatch "$FG_RC" "$E2E_TMP/colo-tls-host.err" "does not match"
 
+# tls-priority (QEMU's tls-creds priority): AES-256-GCM and ChaCha20 through
+# real handshakes (our records on both; AES-GCM is ipsec-mb's, ChaCha20
+# GnuTLS's), TLS 1.2 (GnuTLS's records), and a string that lets through what
+# PROTOCOL.md 6 refuses, or that GnuTLS cannot parse.
+A256=NORMAL:-CIPHER-ALL:+AES-256-GCM
+ok x509-aes256 "--tls-creds $P/srv --tls-priority $A256" --tls-creds "$P/cli" \
+    --tls-priority "$A256"
+CHA=NORMAL:-CIPHER-ALL:+CHACHA20-POLY1305
+ok psk-chacha20 "--tls-psk $P/keys.psk --tls-priority $CHA" \
+    --tls-psk "$P/keys.psk" --tls-priority "$CHA"
+T12=NORMAL:-VERS-ALL:+VERS-TLS1.2
+ok x509-tls12 "--tls-creds $P/srv --tls-priority $T12" --tls-creds "$P/cli" \
+    --tls-priority "$T12"
+CBC=NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-CBC
+refused x509-cbc "multifd takes TLS 1.3" "--tls-creds $P/srv --tls-priority $CBC" \
+    --tls-creds "$P/cli" --tls-priority "$CBC"
+run_fg prio-bad 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
+    --tls-priority NORMAL:+NO-SUCH-THING "$BLK"
+# An option's bad value: the usage exit, before anything connects.
+if [ "$FG_RC" = 2 ] && grep -q "tls-priority: 'NORMAL:+NO-SUCH-THING': GnuTLS stops at '+NO-SUCH-THING'" \
+    "$E2E_TMP/prio-bad.err"; then
+    pass tls-priority-unparsable
+else
+    fail tls-priority-unparsable "exit $FG_RC (want 2) and the string named"
+    show_file "$E2E_TMP/prio-bad.err"
+fi
+
 run_fg zerocopy 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
     --zero-copy-send "$BLK"
 check_refused zerocopy-refused "$FG_RC" "$E2E_TMP/zerocopy.err" "zero-copy-send cannot be combined with TLS"

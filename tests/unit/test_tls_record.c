@@ -1286,8 +1286,9 @@ static int group_setup(void **state)
  * and ChaCha20-Poly1305 are deterministic given key and nonce), each
  * opening the other's, through a KeyUpdate; and a forged record fails on
  * both, leaving no plaintext. Without ipsec-mb both sides are GnuTLS's and
- * this still checks the framing. AES-256-GCM only meets ipsec-mb here:
- * the handshakes above, with a PSK, negotiate SHA-256 suites only.
+ * this still checks the framing. The handshakes above, with a PSK,
+ * negotiate SHA-256 suites only: AES-256-GCM meets a real handshake in
+ * e2e_tls (x509-aes256, with --tls-priority).
  */
 static void test_aeads(void **state)
 {
