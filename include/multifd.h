@@ -546,9 +546,13 @@ MFD_API int mfd_set_tls_hostname(mfd_session *s, const char *name);
 /**
  * Either side: the GnuTLS priority string of every channel's handshake
  * (QEMU's tls-creds `priority`), e.g. "NORMAL:-CIPHER-ALL:+AES-256-GCM"
- * to allow that cipher alone. Checked here: a string GnuTLS cannot parse
- * is -MFD_EINVAL, naming where. Whatever it allows, a handshake that ends
- * on less than TLS 1.3, or TLS 1.2 with an AEAD cipher, fails the channel.
+ * to allow that cipher alone; with PSK, the PSK key exchanges it does not
+ * name are added. Checked here (-MFD_EINVAL): a string GnuTLS cannot parse
+ * (naming where), an empty one, and keywords that weaken how peers are
+ * authenticated (%VERIFY_ALLOW_*, %VERIFY_DISABLE_*, %PROFILE_LOW,
+ * %PROFILE_VERY_WEAK, %NO_SESSION_HASH). Without TLS credentials the
+ * migration or listen fails. A handshake that ends on anything but TLS
+ * 1.3 or 1.2 with an AEAD cipher of a 16-byte tag fails the channel.
  * Default: TLS 1.3 and 1.2, AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
  */
 MFD_API int mfd_set_tls_priority(mfd_session *s, const char *priority);

@@ -848,6 +848,29 @@ void mfd__tls_free(mfd_session *s)
 
 /* ---- handshakes -------------------------------------------------------------- */
 
+/*
+ * The PSK key exchanges a PSK session adds to a tls-priority string, as
+ * QEMU's tls-creds-psk does: each one the string does not name itself
+ * (so that "-PSK", say, stays).
+ */
+static void psk_suffix(const char *priority, char *out, size_t outlen)
+{
+    static const char *const kx[] = {"ECDHE-PSK", "DHE-PSK", "PSK"};
+    size_t n = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < sizeof(kx) / sizeof(kx[0]); i++) {
+        bool named = false;
+        for (const char *t = priority; t && *t && !named;) {
+            size_t len = strcspn(t, ":");
+            named = len == strlen(kx[i]) + 1 && strchr("+-!", *t) &&
+                    !strncmp(t + 1, kx[i], len - 1);
+            t = t[len] ? t + len + 1 : NULL;
+        }
+        if (!named && n < outlen)
+            n += (size_t)snprintf(out + n, outlen - n, ":+%s", kx[i]);
+    }
+}
+
 static gnutls_session_t new_session(mfd_session *s, int fd, bool server,
                                     char *err, size_t errlen)
 {
@@ -861,12 +884,11 @@ static gnutls_session_t new_session(mfd_session *s, int fd, bool server,
     }
     c->s = s;
     gnutls_session_set_ptr(sess, c);
-    /* As QEMU's tls-creds-psk: a PSK session adds the PSK key exchanges. */
-    char prio[1200];
+    char prio[1200], psk[64] = "";
+    if (s->tls_priority && !s->tls->x509)
+        psk_suffix(s->tls_priority, psk, sizeof(psk));
     snprintf(prio, sizeof(prio), "%s%s",
-             s->tls_priority ? s->tls_priority : MFD_TLS_PRIORITY,
-             s->tls_priority && !s->tls->x509 ? ":+ECDHE-PSK:+DHE-PSK:+PSK"
-                                              : "");
+             s->tls_priority ? s->tls_priority : MFD_TLS_PRIORITY, psk);
     const char *where;
     int rc = gnutls_priority_set_direct(sess, prio, &where);
     if (!rc && s->tls->x509)
@@ -910,22 +932,45 @@ static int check_negotiated(gnutls_session_t sess, char *err, size_t errlen)
 {
     gnutls_protocol_t v = gnutls_protocol_get_version(sess);
     gnutls_cipher_algorithm_t c = gnutls_cipher_get(sess);
-    bool aead = c == GNUTLS_CIPHER_AES_128_GCM ||
-                c == GNUTLS_CIPHER_AES_256_GCM ||
-                c == GNUTLS_CIPHER_AES_128_CCM ||
-                c == GNUTLS_CIPHER_AES_256_CCM ||
-                c == GNUTLS_CIPHER_CHACHA20_POLY1305;
-    if (v == GNUTLS_TLS1_3 || (v == GNUTLS_TLS1_2 && aead))
+    /* An AEAD with a full tag: not CBC, not CCM-8's 8 bytes. */
+    if ((v == GNUTLS_TLS1_3 || v == GNUTLS_TLS1_2) &&
+        gnutls_cipher_get_tag_size(c) >= 16)
         return 0;
     snprintf(err, errlen,
              "TLS: the handshake agreed on %s with %s; multifd takes TLS 1.3, "
-             "or TLS 1.2 with an AEAD cipher (tls-priority)",
+             "or TLS 1.2, with an AEAD cipher of a 16-byte tag "
+             "(tls-priority)",
              gnutls_protocol_get_name(v), gnutls_cipher_get_name(c));
     return -1;
 }
 
+/*
+ * Keywords of a priority string that weaken how certificates are checked
+ * (an older signature algorithm, a broken one, no CRL checks, a low
+ * security profile): the channel's authentication is not the string's to
+ * lower.
+ */
+static const char *const weakening[] = {
+    "%VERIFY_ALLOW", "%VERIFY_DISABLE", "%PROFILE_VERY_WEAK", "%PROFILE_LOW",
+    "%NO_SESSION_HASH",
+};
+
 int mfd__tls_priority_check(const char *priority, char *err, size_t errlen)
 {
+    if (!*priority) {
+        snprintf(err, errlen, "empty");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(weakening) / sizeof(weakening[0]); i++) {
+        const char *w = strstr(priority, weakening[i]);
+        if (w) {
+            snprintf(err, errlen,
+                     "'%.*s' weakens how peers are authenticated; multifd "
+                     "does not take it",
+                     (int)strcspn(w, ":"), w);
+            return -1;
+        }
+    }
     gnutls_priority_t p;
     const char *where = NULL;
     int rc = gnutls_priority_init2(&p, priority, &where, 0);
@@ -933,13 +978,16 @@ int mfd__tls_priority_check(const char *priority, char *err, size_t errlen)
         gnutls_priority_deinit(p);
         return 0;
     }
-    if (where && where >= priority && where <= priority + strlen(priority))
-        snprintf(err, errlen, "'%s': GnuTLS stops at '%.40s' (%s)", priority,
-                 where, gnutls_strerror(rc));
+    /* GnuTLS points at the keyword it could not take. */
+    if (rc == GNUTLS_E_INVALID_REQUEST && where && where > priority &&
+        where < priority + strlen(priority))
+        snprintf(err, errlen, "'%s': GnuTLS stops at '%.*s'", priority,
+                 (int)strcspn(where, ":"), where);
     else
         snprintf(err, errlen, "'%s': %s", priority, gnutls_strerror(rc));
     return -1;
 }
+
 
 /* Why a certificate check failed, in GnuTLS's words. */
 static void verify_reason(gnutls_session_t sess, const char *who, int rc,

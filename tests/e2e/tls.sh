@@ -303,16 +303,34 @@ ok x509-tls12 "--tls-creds $P/srv --tls-priority $T12" --tls-creds "$P/cli" \
 CBC=NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-CBC
 refused x509-cbc "multifd takes TLS 1.3" "--tls-creds $P/srv --tls-priority $CBC" \
     --tls-creds "$P/cli" --tls-priority "$CBC"
-run_fg prio-bad 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
-    --tls-priority NORMAL:+NO-SUCH-THING "$BLK"
+# PSK adds only the key exchanges the string does not name: a destination
+# that takes ECDHE-PSK alone and a source that offers plain PSK alone
+# have none in common.
+refused psk-kx-excluded "TLS" \
+    "--tls-psk $P/keys.psk --tls-priority NORMAL:-PSK:-DHE-PSK" \
+    --tls-psk "$P/keys.psk" --tls-priority NORMAL:-ECDHE-PSK:-DHE-PSK
 # An option's bad value: the usage exit, before anything connects.
-if [ "$FG_RC" = 2 ] && grep -q "tls-priority: 'NORMAL:+NO-SUCH-THING': GnuTLS stops at '+NO-SUCH-THING'" \
-    "$E2E_TMP/prio-bad.err"; then
-    pass tls-priority-unparsable
-else
-    fail tls-priority-unparsable "exit $FG_RC (want 2) and the string named"
-    show_file "$E2E_TMP/prio-bad.err"
-fi
+prio_refused() { # TAG WORDS PRIORITY
+    run_fg "$1" 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
+        --tls-priority "$3" "$BLK"
+    if [ "$FG_RC" = 2 ] && grep -q "$2" "$E2E_TMP/$1.err"; then
+        pass "$1"
+    else
+        fail "$1" "exit $FG_RC (want 2) and '$2'"
+        show_file "$E2E_TMP/$1.err"
+    fi
+}
+prio_refused tls-priority-unparsable \
+    "tls-priority: 'NORMAL:+NO-SUCH-THING': GnuTLS stops at '+NO-SUCH-THING'" \
+    NORMAL:+NO-SUCH-THING
+prio_refused tls-priority-weakening \
+    "'%VERIFY_ALLOW_BROKEN' weakens how peers are authenticated" \
+    NORMAL:%VERIFY_ALLOW_BROKEN
+prio_refused tls-priority-empty "tls-priority: empty" ""
+run_fg prio-plain 30 "$MULTIFD" recv --listen tcp:127.0.0.1:0 --into anon: \
+    --tls-priority NORMAL
+check_refused tls-priority-without-tls "$FG_RC" "$E2E_TMP/prio-plain.err" \
+    "tls-priority without tls-creds or tls-psk"
 
 run_fg zerocopy 30 "$MULTIFD" send --to tcp:127.0.0.1:1 --tls-creds "$P/cli" \
     --zero-copy-send "$BLK"
