@@ -335,10 +335,9 @@ MFD_API int mfd_listen(mfd_session *s, const char *uri)
                               "URI '%s': a snapshot file is read with "
                               "mfd_restore (multifd restore), not listened on",
                               uri);
-    if (!mfd__tls_enabled(s) && s->tls_priority)
-        return mfd__set_error(s, MFD_EINVAL, "tls-priority without tls-creds "
-                                             "or tls-psk: there is no TLS to "
-                                             "use it");
+    const char *unused = mfd__tls_priority_unused(s);
+    if (unused)
+        return mfd__set_error(s, MFD_EINVAL, "%s", unused);
     if (mfd__tls_enabled(s) && mfd__tls_setup(s, true))
         return -mfd__error_code(s);
     s->listen_fd = mfd__sock_listen(&u, s->listen_uri, sizeof(s->listen_uri),

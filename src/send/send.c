@@ -1674,9 +1674,9 @@ static int file_refused(mfd_session *s, bool file)
 /* Zero-copy sends the pages as they are; TLS must encrypt them first. */
 static int tls_refused(mfd_session *s)
 {
-    if (!mfd__tls_enabled(s) && s->tls_priority)
-        return mfd__fail(s, MFD_EINVAL, "tls-priority without tls-creds or "
-                                        "tls-psk: there is no TLS to use it");
+    const char *unused = mfd__tls_priority_unused(s);
+    if (unused)
+        return mfd__fail(s, MFD_EINVAL, "%s", unused);
     if (mfd__tls_enabled(s) && s->zero_copy_send)
         return mfd__fail(s, MFD_EINVAL,
                          "zero-copy-send cannot be combined with TLS: the "

@@ -818,6 +818,14 @@ static int load_psk(mfd_session *s, bool server)
     return 0;
 }
 
+const char *mfd__tls_priority_unused(const mfd_session *s)
+{
+    return s->tls_priority && !mfd__tls_enabled(s)
+               ? "tls-priority without tls-creds or tls-psk: there is no TLS "
+                 "to use it"
+               : NULL;
+}
+
 int mfd__tls_setup(mfd_session *s, bool server)
 {
     if (s->tls && s->tls->loaded)

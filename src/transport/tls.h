@@ -48,6 +48,11 @@ void mfd__tls_forget(int fd, bool bye);
  * stopped in err.
  */
 int mfd__tls_priority_check(const char *priority, char *err, size_t errlen);
+/*
+ * A tls-priority with no TLS credentials to use it: the message to fail
+ * with, else NULL (one check for both sides).
+ */
+const char *mfd__tls_priority_unused(const struct mfd_session *s);
 /* Frees the session's credentials. */
 void mfd__tls_free(struct mfd_session *s);
 

@@ -162,7 +162,6 @@ typedef struct {
 
 static gnutls_datum_t psk_key;
 static uint8_t psk_bytes[32];
-static const char *volatile running = "";
 
 static void run_fail(ra_run *r, const char *fmt, ...)
 {
@@ -259,18 +258,10 @@ static size_t record_len(pattern p, unsigned *rnd, bool tls13, size_t *pad)
 static bool peer_send(ra_run *r, gnutls_session_t s, const uint8_t *p,
                       size_t n, size_t pad)
 {
-    do {
-        ssize_t k = gnutls_record_send2(s, p, n, pad, 0);
-        if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED)
-            continue;
-        if (k < 0) {
-            run_fail(r, "peer: send: %s", gnutls_strerror((int)k));
-            return false;
-        }
-        p += k;
-        n -= (size_t)k;
-    } while (n);
-    return true;
+    int rc = tt_record_send(s, p, n, pad);
+    if (rc)
+        run_fail(r, "peer: send: %s", gnutls_strerror(rc));
+    return !rc;
 }
 
 /*
@@ -299,13 +290,7 @@ static ssize_t split_push(gnutls_transport_ptr_t p, const void *d, size_t n)
 static bool peer_wait(ra_run *r, int k)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += HANG_MS / 1000;
-    t.tv_nsec += (HANG_MS % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
+    tt_deadline(&t, HANG_MS);
     int rc = 0;
     pthread_mutex_lock(&r->lock);
     while (r->units_read <= k && !r->stop && rc != ETIMEDOUT)
@@ -492,30 +477,11 @@ static bool read_stream(ra_run *r)
 
 /* ---- the cases ---------------------------------------------------------- */
 
-
-
-/* The alarm: a case that hangs where the watchdog does not look. */
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char m[] = "test_tls_readahead: no end within the limit: ";
-    struct iovec v[3] = {{(void *)m, sizeof(m) - 1},
-                         {(void *)running, strlen(running)},
-                         {(void *)"\n", 1}};
-    ssize_t n = writev(2, v, 3);
-    (void)n;
-    _exit(1);
-}
-
 static void run_case(void **state)
 {
     const ra_case *c = *state;
     ra_run r = {.c = c, .pfd = -1, .rfd = -1};
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    tt_cond_init(&r.cond);
     pthread_mutex_init(&r.lock, NULL);
     plan(&r, (uint64_t)(c - cases) + 1);
 
@@ -524,7 +490,7 @@ static void run_case(void **state)
     tt_load_psk(ms, PSK_NAME, psk_bytes, sizeof(psk_bytes), true);
     tt_tcp_pair(&r.pfd, &r.rfd);
 
-    running = c->name;
+    tt_running = c->name;
     alarm(CASE_LIMIT_S);
     pthread_t peer;
     assert_int_equal(pthread_create(&peer, NULL, peer_main, &r), 0);
@@ -558,11 +524,7 @@ static void run_case(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    if (gnutls_rnd(GNUTLS_RND_RANDOM, psk_bytes, sizeof(psk_bytes)))
-        return -1;
-    psk_key = (gnutls_datum_t){psk_bytes, sizeof(psk_bytes)};
-    struct sigaction sa = {.sa_handler = on_alarm};
-    return sigaction(SIGALRM, &sa, NULL);
+    return tt_group_setup("test_tls_readahead", psk_bytes, sizeof(psk_bytes), &psk_key);
 }
 
 int main(void)

@@ -116,7 +116,6 @@
 
 static gnutls_datum_t psk_key;
 static uint8_t psk_bytes[32];
-static const char *volatile running = "";
 
 /* ---- a connection: our side and a scripted GnuTLS peer ----------------- */
 
@@ -188,13 +187,7 @@ static bool await_step(pair *p, bool peer_waits, int k, const char *what)
 {
     const int *side = peer_waits ? &p->ours : &p->theirs;
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += HANG_MS / 1000;
-    t.tv_nsec += (HANG_MS % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
+    tt_deadline(&t, HANG_MS);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
     while (*side < k && !p->stop && rc != ETIMEDOUT)
@@ -320,17 +313,13 @@ static void *peer_main(void *arg)
  */
 static bool pair_start(pair *p, mfd_session **ms, const char *name)
 {
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    tt_cond_init(&p->cond);
     pthread_mutex_init(&p->lock, NULL);
     *ms = mfd_session_new();
     assert_non_null(*ms);
     tt_load_psk(*ms, PSK_NAME, psk_bytes, sizeof(psk_bytes), !p->peer_server);
     tt_tcp_pair(&p->pfd, &p->ofd);
-    running = name;
+    tt_running = name;
     alarm(CASE_LIMIT_S);
     assert_int_equal(pthread_create(&p->thread, NULL, peer_main, p), 0);
     char err[256];
@@ -707,18 +696,10 @@ static const size_t units[] = {1, 16383, 16384, 16385, 300000, 5, 65536};
 
 static bool peer_send(pair *p, const uint8_t *b, size_t n, size_t pad)
 {
-    do {
-        ssize_t k = gnutls_record_send2(p->s, b, n, pad, 0);
-        if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED)
-            continue;
-        if (k < 0) {
-            pair_fail(p, "peer: send: %s", gnutls_strerror((int)k));
-            return false;
-        }
-        b += k;
-        n -= (size_t)k;
-    } while (n);
-    return true;
+    int rc = tt_record_send(p->s, b, n, pad);
+    if (rc)
+        pair_fail(p, "peer: send: %s", gnutls_strerror(rc));
+    return !rc;
 }
 
 static void peer_send_units(pair *p)
@@ -1252,28 +1233,12 @@ static void test_rec(void **state)
 
 /* ---- main ---------------------------------------------------------------- */
 
-/* The alarm: a case that hangs where no watchdog looks. */
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char m[] = "test_tls_record: no end within the limit: ";
-    struct iovec v[3] = {{(void *)m, sizeof(m) - 1},
-                         {(void *)running, strlen(running)},
-                         {(void *)"\n", 1}};
-    ssize_t n = writev(2, v, 3);
-    (void)n;
-    _exit(1);
-}
 
 /* The key the peer and every session share; the alarm's handler. */
 static int group_setup(void **state)
 {
     (void)state;
-    if (gnutls_rnd(GNUTLS_RND_RANDOM, psk_bytes, sizeof(psk_bytes)))
-        return -1;
-    psk_key = (gnutls_datum_t){psk_bytes, sizeof(psk_bytes)};
-    struct sigaction sa = {.sa_handler = on_alarm};
-    return sigaction(SIGALRM, &sa, NULL);
+    return tt_group_setup("test_tls_record", psk_bytes, sizeof(psk_bytes), &psk_key);
 }
 
 #define NSEND (sizeof(send_cases) / sizeof(send_cases[0]))

@@ -1,7 +1,12 @@
 /* tls_support.c - see tls_support.h. */
 #include "tls_support.h"
 
+#include <gnutls/crypto.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <netinet/tcp.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +38,68 @@ void tt_tcp_pair(int *pfd, int *ofd)
     *ofd = mfd__sock_accept(lfd);
     assert_true(*ofd >= 0);
     close(lfd);
+}
+
+const char *volatile tt_running = "";
+static const char *test_name = "";
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char m[] = ": no end within the limit: ";
+    struct iovec v[4] = {{(void *)test_name, strlen(test_name)},
+                         {(void *)m, sizeof(m) - 1},
+                         {(void *)tt_running, strlen(tt_running)},
+                         {(void *)"\n", 1}};
+    ssize_t n = writev(2, v, 4);
+    (void)n;
+    _exit(1);
+}
+
+int tt_group_setup(const char *test, uint8_t *bytes, size_t len,
+                   gnutls_datum_t *key)
+{
+    if (gnutls_rnd(GNUTLS_RND_RANDOM, bytes, len))
+        return -1;
+    *key = (gnutls_datum_t){bytes, (unsigned)len};
+    test_name = test;
+    struct sigaction sa = {.sa_handler = on_alarm};
+    return sigaction(SIGALRM, &sa, NULL);
+}
+
+int tt_record_send(gnutls_session_t s, const uint8_t *p, size_t n,
+                   size_t pad)
+{
+    do {
+        ssize_t k = gnutls_record_send2(s, p, n, pad, 0);
+        if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED)
+            continue;
+        if (k < 0)
+            return (int)k;
+        p += k;
+        n -= (size_t)k;
+    } while (n);
+    return 0;
+}
+
+void tt_deadline(struct timespec *t, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, t);
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+void tt_cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
 }
 
 void tt_load_psk(mfd_session *ms, const char *name, const uint8_t *key,

@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <gnutls/gnutls.h>
+#include <pthread.h>
+#include <time.h>
+
 #include "multifd.h"
 
 /*
@@ -24,5 +28,25 @@ void tt_tcp_pair(int *pfd, int *ofd);
  */
 void tt_load_psk(mfd_session *ms, const char *name, const uint8_t *key,
                  size_t len, bool server);
+
+/*
+ * The group setup both tests share: a random PSK into bytes (len) and
+ * *key, and the alarm's handler, which names `test` and the case in
+ * tt_running (set before each case's alarm()) and ends the process: a
+ * case that hangs where no watchdog looks. 0, or -1.
+ */
+extern const char *volatile tt_running;
+int tt_group_setup(const char *test, uint8_t *bytes, size_t len,
+                   gnutls_datum_t *key);
+/*
+ * A peer's gnutls_record_send2 of all n bytes (pad: TLS 1.3 padding; with
+ * n 0 and pad > 0, one empty record): 0, or GnuTLS's error.
+ */
+int tt_record_send(gnutls_session_t s, const uint8_t *p, size_t n,
+                   size_t pad);
+/* A condition variable on CLOCK_MONOTONIC (for timed waits), and the
+ * absolute time ms from now on that clock. */
+void tt_cond_init(pthread_cond_t *c);
+void tt_deadline(struct timespec *t, int ms);
 
 #endif
